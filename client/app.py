@@ -1,0 +1,115 @@
+"""The ClientApp: one device of the fleet. The same code runs in simulation and on a real SuperNode.
+
+The device's index comes from ``partition-id`` in its node config (Flower sets it in simulation; a real
+SuperNode passes it with ``--node-config``); its class, data and trainer follow from the fleet config.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.runtime import get_runtime, host_gflops
+from client.trainers import get_trainer
+from models.evaluation import evaluate_lm
+from models.lora import load_adapter_arrays
+from protocol.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, Update, Work, from_array_record
+
+
+def _device_index(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def handle_query(plain_settings: dict, msg: Message, context: Context) -> Message:
+    """Tell the server which device of the fleet this node is."""
+    index = _device_index(context)
+    metrics = MetricRecord({"device-index": index, "host-gflops": host_gflops()})
+    return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+
+
+def handle_train(plain_settings: dict, msg: Message, context: Context) -> Message:
+    runtime = get_runtime(plain_settings)
+    work = Work.from_config(msg.content[CONFIG])
+    received = from_array_record(msg.content[ARRAYS])
+    model = runtime.adapter_model(work.rank)
+    load_adapter_arrays(model, received)
+    result = get_trainer(work.trainer).train(model, runtime.device_data(work.device_index), work)
+    delta = {k: result.adapter[k] - received[k] for k in received}
+    update = Update(
+        device_index=work.device_index,
+        server_round=work.server_round,
+        delta=delta,
+        num_examples=result.num_examples,
+        metrics={**result.metrics, "host_gflops": host_gflops(), "peak_rss_mb": _peak_rss_mb()},
+    )
+    return Message(update.to_content(), reply_to=msg)
+
+
+def handle_evaluate(plain_settings: dict, msg: Message, context: Context) -> Message:
+    runtime = get_runtime(plain_settings)
+    work = Work.from_config(msg.content[CONFIG])
+    model = runtime.adapter_model(work.rank)
+    load_adapter_arrays(model, from_array_record(msg.content[ARRAYS]))
+    data = runtime.device_data(work.device_index)
+    n = runtime.settings.client.eval_batches * work.batch_size
+    start = time.perf_counter()
+    score = evaluate_lm(model, data.test_inputs[:n], data.test_labels[:n], batch_size=work.batch_size)
+    metrics = {
+        NUM_EXAMPLES: score.tokens,
+        "device-index": work.device_index,
+        "eval_loss": score.loss,
+        "eval_accuracy": score.accuracy,
+        "compute_s": time.perf_counter() - start,
+    }
+    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def build_client_app(plain_settings: dict) -> ClientApp:
+    """A ClientApp bound to one run's settings (small and picklable: Ray ships it to every worker)."""
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return handle_query(plain_settings, msg, context)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return handle_train(plain_settings, msg, context)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return handle_evaluate(plain_settings, msg, context)
+
+    return app
+
+
+def _settings_from_run_config(context: Context) -> dict:
+    from runconfig.load import compose, to_plain
+
+    return to_plain(compose(str(context.run_config.get("overrides", "")).split()))
+
+
+# `flwr run .` entry point ([tool.flwr.app.components] in pyproject.toml): settings from the run config.
+app = ClientApp()
+
+
+@app.query()
+def _query(msg: Message, context: Context) -> Message:
+    return handle_query(_settings_from_run_config(context), msg, context)
+
+
+@app.train()
+def _train(msg: Message, context: Context) -> Message:
+    return handle_train(_settings_from_run_config(context), msg, context)
+
+
+@app.evaluate()
+def _evaluate(msg: Message, context: Context) -> Message:
+    return handle_evaluate(_settings_from_run_config(context), msg, context)

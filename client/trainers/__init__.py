@@ -1,0 +1,17 @@
+"""Local trainers by name (``client.trainer`` / a device class's ``trainer``)."""
+
+from __future__ import annotations
+
+from client.trainers.base import Trainer, TrainResult
+from client.trainers.lora_backprop import LoraBackpropTrainer
+
+TRAINERS: dict[str, type] = {LoraBackpropTrainer.name: LoraBackpropTrainer}
+
+
+def get_trainer(name: str) -> Trainer:
+    if name not in TRAINERS:
+        raise ValueError(f"unknown trainer '{name}'; known: {', '.join(sorted(TRAINERS))}")
+    return TRAINERS[name]()
+
+
+__all__ = ["TRAINERS", "Trainer", "TrainResult", "get_trainer"]

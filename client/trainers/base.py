@@ -1,0 +1,33 @@
+"""The one interface every local trainer implements: ``train(model, data, work) -> TrainResult``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from client.runtime import DeviceData
+from protocol.messages import Work
+
+
+@dataclass
+class TrainResult:
+    adapter: dict[str, np.ndarray]  # the adapter after local training (same keys as received)
+    num_examples: int  # training windows the device holds (FedAvg weight)
+    metrics: dict[str, float] = field(default_factory=dict)  # train_loss, compute_s, ...
+
+
+class Trainer(Protocol):
+    name: str
+
+    def train(self, model, data: DeviceData, work: Work) -> TrainResult: ...
+
+
+def batch_indices(num_windows: int, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
+    """Seeded batches that sweep the device's windows in shuffled epochs (no window skipped before a repeat)."""
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    while len(order) < batch_size * steps:
+        order.extend(rng.permutation(num_windows).tolist())
+    return [np.asarray(order[i * batch_size : (i + 1) * batch_size]) for i in range(steps)]

@@ -1,0 +1,88 @@
+"""What crosses the wire between the ServerApp and the ClientApps, in Flower's Message API records.
+
+* Work (server -> device): the global adapter (``arrays``) and a ConfigRecord (``config``) of what to do.
+* Update (device -> server): the adapter *delta* (``arrays``, local minus received, in the received
+  adapter's coordinates) and a MetricRecord (``metrics``) with ``num-examples`` and measurements.
+* Identity (device -> server, answer to a ``query``): which device of the fleet a node is.
+
+Sending deltas rather than weights makes averaging, clipping and noise speak the same language.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+NUM_EXAMPLES = "num-examples"
+
+
+def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    record = ArrayRecord()
+    for name, value in arrays.items():
+        record[name] = Array.from_numpy_ndarray(np.ascontiguousarray(value))
+    return record
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+@dataclass
+class Work:
+    """One device's task for one round."""
+
+    server_round: int
+    device_index: int
+    trainer: str
+    local_steps: int
+    batch_size: int
+    lr: float
+    rank: int
+    seed: int
+    extra: dict[str, float | int | str | bool] = field(default_factory=dict)  # method-specific knobs
+
+    def to_config(self) -> ConfigRecord:
+        data = {k: v for k, v in asdict(self).items() if k != "extra"}
+        data.update({f"extra.{k}": v for k, v in self.extra.items()})
+        return ConfigRecord(data)
+
+    @classmethod
+    def from_config(cls, record: ConfigRecord) -> Work:
+        names = {f.name for f in fields(cls)} - {"extra"}
+        base = {k: record[k] for k in names}
+        extra = {k[len("extra.") :]: v for k, v in record.items() if k.startswith("extra.")}
+        return cls(**base, extra=extra)
+
+
+@dataclass
+class Update:
+    """One device's reply to its Work."""
+
+    device_index: int
+    server_round: int
+    delta: dict[str, np.ndarray]
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)  # train_loss, compute_s, host_gflops, ...
+
+    def to_content(self) -> RecordDict:
+        metrics = {NUM_EXAMPLES: self.num_examples, "device-index": self.device_index,
+                   "server-round": self.server_round, **self.metrics}
+        return RecordDict({ARRAYS: to_array_record(self.delta), METRICS: MetricRecord(metrics)})
+
+    @classmethod
+    def from_message(cls, msg: Message) -> Update:
+        metrics = dict(msg.content[METRICS])
+        return cls(
+            device_index=int(metrics.pop("device-index")),
+            server_round=int(metrics.pop("server-round")),
+            num_examples=int(metrics.pop(NUM_EXAMPLES)),
+            delta=from_array_record(msg.content[ARRAYS]),
+            metrics={k: float(v) for k, v in metrics.items()},
+        )
+
+
+def work_message_content(global_arrays: ArrayRecord, work: Work) -> RecordDict:
+    return RecordDict({ARRAYS: global_arrays, CONFIG: work.to_config()})

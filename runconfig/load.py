@@ -1,0 +1,127 @@
+"""From Hydra's composed config to validated :class:`Settings`, and back to plain data for the wire."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from runconfig.schema import Settings
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the fix."""
+
+
+def available(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def to_settings(cfg: DictConfig | dict) -> Settings:
+    """Merge a composed config onto the typed schema, then check ranges and cross-references."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = {k: v for k, v in cfg.items() if k != "hydra"}
+    if "fleet" not in cfg or cfg["fleet"] is None:
+        raise ConfigError(
+            "no fleet given. Fix: append one with Hydra's '+', e.g. `python -m simulations.run +fleet=80dev`. "
+            f"Fleets: {', '.join(available('fleet'))}"
+        )
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Settings), cfg)
+        settings: Settings = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"config key '{key}': {str(err).splitlines()[0]}") from None
+    validate(settings)
+    return settings
+
+
+def _require(ok: bool, key: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {problem}. Fix: {fix}")
+
+
+def validate(s: Settings) -> None:
+    f = s.fleet
+    _require(f.size >= 1, "fleet.size", f"must be at least 1 (got {f.size})", "fleet.size=80")
+    _require(bool(f.classes), "fleet.classes", "the fleet has no device classes", "use a fleet from conf/fleet/")
+    total = sum(c.share for c in f.classes.values())
+    _require(abs(total - 1.0) < 1e-6, "fleet.classes.*.share", f"shares sum to {total:g}, not 1", "fix the shares")
+    _require(0 < f.compute_efficiency <= 1, "fleet.compute_efficiency", "must be in (0, 1]", "e.g. 0.25")
+    for name, c in f.classes.items():
+        key = f"fleet.classes.{name}"
+        _require(c.share >= 0, f"{key}.share", "must be >= 0", "a fraction of the fleet")
+        for attr in ("peak_gflops", "memory_gb", "uplink_mbps", "downlink_mbps"):
+            _require(getattr(c, attr) > 0, f"{key}.{attr}", "must be > 0", "take it from the spec sheet")
+        _require(0 < c.availability <= 1, f"{key}.availability", "must be in (0, 1]", "e.g. 0.9")
+        _require(0 < c.usable_memory_fraction <= 1, f"{key}.usable_memory_fraction", "must be in (0, 1]", "e.g. 0.6")
+    fed = s.federation
+    _require(fed.cohort_size >= 1, "federation.cohort_size", "must be >= 1", "federation.cohort_size=16")
+    _require(
+        fed.cohort_size <= f.size,
+        "federation.cohort_size",
+        f"the cohort ({fed.cohort_size}) is larger than the fleet ({f.size} devices)",
+        f"federation.cohort_size={f.size} or a larger fleet (fleet.size=...)",
+    )
+    _require(
+        0 <= fed.eval_cohort_size <= f.size,
+        "federation.eval_cohort_size",
+        f"must be between 0 and the fleet size ({f.size})",
+        f"federation.eval_cohort_size={min(16, f.size)}",
+    )
+    _require(s.rounds >= 1, "rounds", "must be >= 1", "rounds=8")
+    c = s.client
+    _require(c.local_steps >= 1, "client.local_steps", "must be >= 1", "client.local_steps=12")
+    _require(c.batch_size >= 1, "client.batch_size", "must be >= 1", "client.batch_size=8")
+    _require(c.lr > 0, "client.lr", "must be > 0", "client.lr=2e-3")
+    _require(s.method.lora.rank >= 1, "method.lora.rank", "must be >= 1", "method.lora.rank=8")
+    _require(bool(s.method.lora.target_modules), "method.lora.target_modules", "is empty", "e.g. [q_proj, v_proj]")
+    _require(s.data.seq_len >= 8, "data.seq_len", "must be >= 8", "data.seq_len=64")
+    _require(0 < s.data.test_fraction < 1, "data.test_fraction", "must be in (0, 1)", "data.test_fraction=0.2")
+    if s.model.name_or_path is None:
+        _require(s.model.arch in ("llama", "qwen2", "mistral"), "model.arch", f"unknown '{s.model.arch}'",
+                 "llama, qwen2 or mistral")
+        _require(s.model.hidden_size % s.model.num_heads == 0, "model.num_heads",
+                 "must divide model.hidden_size", "e.g. 4 heads for hidden 256")
+        _require(s.model.num_heads % s.model.num_kv_heads == 0, "model.num_kv_heads",
+                 "must divide model.num_heads", "e.g. 2 kv heads for 4 heads")
+        _require(s.data.seq_len <= s.model.max_position_embeddings, "data.seq_len",
+                 "is longer than model.max_position_embeddings", "a shorter data.seq_len")
+
+
+def to_plain(settings: Settings) -> dict[str, Any]:
+    """Plain, picklable data (what travels to Ray workers and into MLflow)."""
+    return asdict(settings)
+
+
+def from_plain(data: dict[str, Any]) -> Settings:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Settings), data))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def compose(overrides: list[str]) -> Settings:
+    """Compose ``conf/`` with overrides outside a Hydra app (``flwr run``, notebooks, tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container["output_dir"] = "."
+    return to_settings(OmegaConf.create(container))

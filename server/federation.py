@@ -1,0 +1,107 @@
+"""The server side of one run: prepare, build the strategy, run the rounds, track everything in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+
+from models.base_checkpoint import load_base_model
+from models.lora import attach_lora, load_adapter_arrays
+from protocol.messages import from_array_record, to_array_record
+from models.lora import adapter_arrays
+from runconfig.schema import Settings
+from server.central_evaluation import CentralEvaluator
+from server.preflight import prepare
+from server.progress import RoundProgress
+from strategies import strategy_class
+from tracking.mlflow_tracker import MlflowTracker, scratch_dir
+
+
+class History:
+    """Every round's metrics, kept for the run's summary."""
+
+    def __init__(self) -> None:
+        self.rounds: dict[int, dict[str, float]] = {}
+
+    def on_round(self, server_round: int, metrics: dict[str, float]) -> None:
+        self.rounds[server_round] = dict(metrics)
+
+
+def simulation_concurrency(settings: Settings) -> int:
+    """How many virtual clients Ray runs at once on this machine."""
+    cpus = os.cpu_count() or 1
+    return max(1, min(settings.federation.cohort_size, int(cpus // max(settings.simulation.num_cpus_per_client, 1e-9))))
+
+
+def summarize(history: History, settings: Settings, wall_s: float, run_id: str) -> dict:
+    rounds = sorted(r for r in history.rounds if r > 0)
+    last = history.rounds[rounds[-1]] if rounds else {}
+    base = history.rounds.get(0, {})
+    overhead = [history.rounds[r]["timing/overhead_share"] for r in rounds]
+    return {
+        "mlflow_run_id": run_id,
+        "method": settings.method.name,
+        "fleet": settings.fleet.name,
+        "fleet_size": settings.fleet.size,
+        "rounds": len(rounds),
+        "server_wall_s": wall_s,
+        "sim_time_s": last.get("clock/sim_time_s", 0.0),
+        "ppl_base": base.get("eval/global_ppl"),
+        "ppl_final": last.get("eval/global_ppl"),
+        "accuracy_base": base.get("eval/global_accuracy"),
+        "accuracy_final": last.get("eval/global_accuracy"),
+        "overhead_share": float(np.mean(overhead)) if overhead else None,
+        "round_wall_s": float(np.mean([history.rounds[r]["timing/round_wall_s"] for r in rounds])) if rounds else None,
+        "bytes_up": sum(history.rounds[r].get("comm/bytes_up", 0) for r in rounds),
+        "bytes_down": sum(history.rounds[r].get("comm/bytes_down", 0) for r in rounds),
+        "failures": sum(history.rounds[r].get("fleet/failures", 0) for r in rounds),
+        "skipped_memory": sum(history.rounds[r].get("fleet/skipped_memory", 0) for r in rounds),
+    }
+
+
+def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Result:
+    start = time.perf_counter()
+    prepared = prepare(settings, show_progress=show_progress)
+    peft_model = attach_lora(load_base_model(prepared.base_folder), settings.method.lora, settings.seed)
+    initial = to_array_record(adapter_arrays(peft_model))
+    tracker = MlflowTracker(settings)
+    history, progress = History(), RoundProgress(settings.rounds, enabled=show_progress)
+    strategy = strategy_class(settings.method.name)(
+        settings,
+        prepared.devices,
+        prepared.shape,
+        concurrency=simulation_concurrency(settings),
+        observers=[history, tracker, progress],
+    )
+    evaluator = CentralEvaluator(peft_model, prepared.corpus, settings.data.seq_len, settings.data.central_eval_windows)
+    try:
+        result = strategy.start(
+            grid,
+            initial,
+            num_rounds=settings.rounds,
+            timeout=settings.federation.round_timeout_s,
+            evaluate_fn=evaluator,
+        )
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    finally:
+        progress.close()
+    summary = summarize(history, settings, time.perf_counter() - start, tracker.run_id)
+    if settings.tracking.log_adapter:
+        adapter_dir = scratch_dir() / "adapter"
+        load_adapter_arrays(peft_model, from_array_record(result.arrays))
+        peft_model.save_pretrained(str(adapter_dir))
+        tracker.log_dir(adapter_dir, "adapter")
+    tracker.log_dict(summary, "summary.json")
+    tracker.finish()
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return result

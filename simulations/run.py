@@ -1,0 +1,39 @@
+"""Hydra entry point: ``python -m simulations.run +fleet=80dev [overrides]`` (``-m`` for sweeps).
+
+Validates the composed config, prepares data and the base model in this process (with progress bars, before
+Ray starts), then launches Flower once. Bad input ends with one clear message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from runconfig.load import ConfigError, to_settings
+from textdata.shakespeare import DatasetPackageMissing
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from server.preflight import prepare
+    from simulations.launch import launch_simulation, quiet_frameworks
+
+    quiet_frameworks()
+    try:
+        settings = to_settings(cfg)
+        prepare(settings)  # data, tokenizer and base checkpoint are cached for the workers
+    except (ConfigError, DatasetPackageMissing) as err:
+        fail(str(err))
+    launch_simulation(settings)
+    print(f"done: summary in {settings.output_dir}/summary.json; MLflow store {settings.tracking.uri}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+
+from runconfig.load import CONF_DIR, ConfigError, available, compose, flatten, to_plain
+
+
+@pytest.mark.parametrize("fleet", available("fleet"))
+def test_every_fleet_composes_and_validates(fleet):
+    s = compose([f"+fleet={fleet}"])
+    assert s.fleet.name == fleet
+    assert s.fleet.size >= 8
+
+
+def test_there_is_a_fleet_of_at_least_160():
+    assert max(compose([f"+fleet={f}"]).fleet.size for f in available("fleet")) >= 160
+
+
+@pytest.mark.parametrize("model", [m for m in available("model") if m != "hf"])
+def test_every_model_config_validates(model):
+    assert compose(["+fleet=80dev", f"model={model}"]).model.name == model
+
+
+def test_every_device_profile_cites_its_source():
+    for path in (CONF_DIR / "device").glob("*.yaml"):
+        assert "Spec: http" in path.read_text(), path.name
+
+
+def test_no_fleet_lists_the_fleets():
+    with pytest.raises(ConfigError, match="80dev.*80dev_jetson"):
+        compose([])
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["federation.cohort_size=100"], "federation.cohort_size"),
+        (["rounds=0"], "rounds"),
+        (["rounds=abc"], "rounds"),
+        (["client.lr=-1"], "client.lr"),
+        (["model.num_kv_heads=3"], "model.num_kv_heads"),
+        (["fleet.classes.pixel_8.share=0.5"], "share"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        compose(["+fleet=80dev", *overrides])
+
+
+def test_flatten_for_mlflow_params():
+    flat = flatten(to_plain(compose(["+fleet=80dev"])))
+    assert flat["fleet.classes.jetson_tx2.peak_gflops"] == "1330.0"
+    assert flat["method.lora.rank"] == "8"
