@@ -46,8 +46,8 @@ def test_parse_play_roles_and_stage_directions(tmp_path: Path):
     roles = {r.name: r for r in shakespeare.parse_play(path)}
     assert set(roles) == {"HAM", "HOR", "FIRST CLOWN"}  # cast list before ACT is skipped
     assert roles["HAM"].speeches == ["Who's there?\nStand and unfold.", "Alas, poor Yorick."]
-    # After a stage direction, the same speaker goes on.
-    assert roles["HOR"].speeches == ["Friends to this ground.", "O that this too too solid flesh\nwould melt."]
+    # After a stage direction, the same speaker goes on (the same speech).
+    assert roles["HOR"].speeches == ["Friends to this ground.\nO that this too too solid flesh\nwould melt."]
     assert roles["FIRST CLOWN"].speeches == ["A grave, a grave!"]  # inline [Aside.] removed
     assert roles["HAM"].key == "mini_gut/HAM"
     assert roles["HOR"].num_lines == 3
