@@ -66,6 +66,7 @@ class DataConfig:
     public_texts: list[str] = field(default_factory=list)
     test_plays: list[str] = field(default_factory=list)
     min_lines: int = 8
+    roles_per_device: Optional[int] = None  # None: deal every client (role) out across the devices
     test_fraction: float = 0.2
     vocab_size: int = 2048
     seq_len: int = 64
