@@ -59,7 +59,8 @@ class Corpus:
         return self._test[index]
 
 
-def _split_speeches(speeches: list[str], test_fraction: float, rng: random.Random) -> tuple[str, str]:
+def split_records(speeches: list[str], test_fraction: float, rng: random.Random) -> tuple[str, str]:
+    """A seeded split of one client's records (speeches) into train and test text; test is never empty."""
     order = list(range(len(speeches)))
     rng.shuffle(order)
     n_test = max(1, round(len(speeches) * test_fraction)) if len(speeches) > 1 else 0
@@ -89,7 +90,7 @@ def shakespeare_corpus(cfg: DataConfig, seed: int) -> RawCorpus:
         for role in shakespeare.parse_play(texts[name]):
             if role.num_lines < cfg.min_lines:
                 continue
-            train, test = _split_speeches(role.speeches, cfg.test_fraction, rng)
+            train, test = split_records(role.speeches, cfg.test_fraction, rng)
             clients.append(ClientText(role.key, train, test))
     return RawCorpus(public=public, global_test="\n\n".join(test_parts), clients=clients)
 
