@@ -125,6 +125,7 @@ class TrackingConfig:
     uri: str = MISSING
     experiment: str = "edgefleet"
     run_name: Optional[str] = None
+    parent_run_id: Optional[str] = None  # set by simulations.compare: the comparison's parent run
     log_adapter: bool = True
 
 

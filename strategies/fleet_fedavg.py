@@ -216,6 +216,10 @@ class FleetFedAvg(Strategy):
             "timing/client_compute_s": sum(u.metrics["compute_s"] for u in updates),
             "memory/peak_rss_mb": max(u.metrics.get("peak_rss_mb", 0.0) for u in updates),
         })
+        for trainer in {self.trainer_for(self.devices[u.device_index]) for u in updates}:
+            mine = [u for u in updates if self.trainer_for(self.devices[u.device_index]) == trainer]
+            metrics[f"memory/peak_rss_mb.{trainer}"] = max(u.metrics.get("peak_rss_mb", 0.0) for u in mine)
+            metrics[f"train/loss.{trainer}"] = float(np.mean([u.metrics["train_loss"] for u in mine]))
         return to_array_record(new_global), MetricRecord(metrics)
 
     # ----------------------------------------------------------- evaluation
