@@ -102,6 +102,8 @@ def test_mlflow_ui_shows_run_metrics_and_plots(comparison, tmp_path):
             page.get_by_text("plots").first.wait_for(timeout=60000)
             page.get_by_text("plots").first.click()
             page.get_by_text("quality_vs_time.png").first.wait_for(timeout=60000)
+            page.get_by_text("quality_vs_time.png").first.click()
+            page.locator("img[src^='blob:']").first.wait_for(timeout=60000)  # the plot itself is rendered
             page.screenshot(path=str(tmp_path / "mlflow_plots.png"), full_page=True)
             browser.close()
         assert (tmp_path / "mlflow_run.png").stat().st_size > 10000
