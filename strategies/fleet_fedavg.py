@@ -30,8 +30,16 @@ from flwr.serverapp.strategy import Result, Strategy
 from fleet.clock import DeviceTime, device_time, round_time
 from fleet.devices import Device
 from fleet.memory import ModelShape, training_bytes
-from protocol.messages import ARRAYS, METRICS, NUM_EXAMPLES, Update, Work, from_array_record, to_array_record
-from protocol.messages import work_message_content
+from protocol.messages import (
+    ARRAYS,
+    METRICS,
+    NUM_EXAMPLES,
+    Update,
+    Work,
+    from_array_record,
+    to_array_record,
+    work_message_content,
+)
 from runconfig.schema import Settings
 from strategies.aggregation import apply_delta, weighted_mean
 

@@ -2,13 +2,11 @@
 UI shows it in a real headless Chromium."""
 
 import contextlib
-import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
