@@ -25,6 +25,8 @@ MAX_SIGMA = 1e4
 class FixedSizeRDPAccountant(IAccountant):
     """Fixed-size sampling without replacement (replace-one adjacency), composed by ``dp_accounting``'s RDP."""
 
+    ORDERS = [1.5, 1.75, *range(2, 65), 80, 96, 128, 256]  # integer orders: the without-replacement bound is exact there
+
     def __init__(self, population: int):
         super().__init__()
         self.population = int(population)
@@ -42,7 +44,8 @@ class FixedSizeRDPAccountant(IAccountant):
 
         if not self.history:
             return 0.0
-        accountant = RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+        accountant = RdpAccountant(orders=self.ORDERS,
+                                   neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
         for sigma, q, steps in self.history:
             if sigma <= 0:
                 return math.inf
@@ -96,7 +99,7 @@ def calibrate_sigma(
         low, high = high, 2 * high
         if high > MAX_SIGMA:
             raise ValueError("The privacy budget is too low.")
-    while high - low > 1e-3 * high:
+    while high - low > 2e-3 * high:
         mid = (low + high) / 2
         if epsilon_for(kind, sampling, population, mid, q, steps, delta) <= target_epsilon:
             high = mid
