@@ -151,7 +151,7 @@ def test_dp_strategy_clips_noises_and_accounts():
 
 
 def test_dp_strategy_stops_when_the_budget_is_spent():
-    settings, dp, _ = dp_and_plain(["privacy=user_dp", "privacy.noise_multiplier=1.5", "privacy.target_epsilon=3",
+    settings, dp, _ = dp_and_plain(["privacy=user_dp", "privacy.noise_multiplier=1.0", "privacy.target_epsilon=3",
                                     "rounds=100"])
     dp.node_of_device = {d.index: d.index + 100 for d in dp.devices}
     spent = 0
@@ -164,7 +164,7 @@ def test_dp_strategy_stops_when_the_budget_is_spent():
     assert 0 < spent < 100
     assert dp.privacy_budget.epsilon() <= 3.0
     state = dp.get_state()
-    _, resumed, _ = dp_and_plain(["privacy=user_dp", "privacy.noise_multiplier=1.5", "privacy.target_epsilon=3",
+    _, resumed, _ = dp_and_plain(["privacy=user_dp", "privacy.noise_multiplier=1.0", "privacy.target_epsilon=3",
                                   "rounds=100"])
     resumed.set_state(state)
     assert resumed.privacy_budget.rounds_spent == spent and not resumed.privacy_budget.allows_another_round()
