@@ -16,6 +16,16 @@ from flwr.serverapp import Grid
 
 from client.app import handle_evaluate, handle_query, handle_train
 
+def ensure_task_identity() -> None:
+    """Messages take run/task/node ids from the process's task identity, which Flower's engine sets in a
+    ServerApp process; outside one (this grid, tests) it is set to 0 once."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("run_id", "task_id", "node_id"):
+        if getattr(TaskIdentity, f"_{attr}") is None:
+            setattr(TaskIdentity, attr, 0)
+
+
 HANDLERS = {MessageType.QUERY: handle_query, MessageType.TRAIN: handle_train, MessageType.EVALUATE: handle_evaluate}
 
 
@@ -24,12 +34,7 @@ class InProcessGrid(Grid):
 
     def __init__(self, plain_settings: dict, num_nodes: int) -> None:
         self.plain = plain_settings
-        from flwr.supercore.task_identity import TaskIdentity
-
-        # Messages take their run/task ids from the process's task identity, which the engine sets in a ServerApp
-        for attr in ("run_id", "task_id", "node_id"):
-            if getattr(TaskIdentity, f"_{attr}") is None:
-                setattr(TaskIdentity, attr, 0)
+        ensure_task_identity()
         self.nodes = list(range(1, num_nodes + 1))
         self._run = None
         self._inbox: dict[str, Message] = {}
