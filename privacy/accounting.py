@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -82,6 +83,7 @@ def epsilon_for(kind: str, sampling: str, population: int, sigma: float, q: floa
     return float(acc.get_epsilon(delta=delta))
 
 
+@lru_cache(maxsize=64)  # validation and the strategy ask for the same plan
 def calibrate_sigma(
     target_epsilon: float, delta: float, q: float, steps: int, kind: str, sampling: str, population: int
 ) -> float:

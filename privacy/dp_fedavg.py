@@ -25,7 +25,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fleet.devices import Device
-from privacy.accounting import make_accountant
 from privacy.mechanism import dp_mean
 from privacy.noise import noise_source
 from privacy.plan import resolve_plan
@@ -138,6 +137,8 @@ class UserLevelDP:
 
     def _record_level(self, replies: list[Message]) -> dict[str, float]:
         """Compose each device's record-level DP-SGD steps in its own Opacus accountant."""
+        from privacy.accounting import make_accountant
+
         for msg in replies:
             if msg.has_error():
                 continue
@@ -163,6 +164,8 @@ class UserLevelDP:
         }
 
     def set_state(self, state: dict) -> None:
+        from privacy.accounting import make_accountant
+
         self.privacy_budget.set_state(state["user"])
         self._record_accountants.clear()
         for key, rec in state.get("record", {}).items():

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from privacy.accounting import PrivacyBudget, calibrate_sigma, epsilon_for, make_accountant
 from runconfig.load import ConfigError
 from runconfig.schema import Settings
+
+if TYPE_CHECKING:
+    from privacy.accounting import PrivacyBudget
 
 CHOICES = {
     "mode": ("none", "user"),
@@ -36,6 +39,8 @@ class PrivacyPlan:
     planned_epsilon: float  # epsilon after all `rounds` rounds at sigma
 
     def new_budget(self, accountant: str, sampling: str) -> PrivacyBudget:
+        from privacy.accounting import PrivacyBudget, make_accountant
+
         budget = None if self.budget_epsilon is None or math.isinf(self.budget_epsilon) else self.budget_epsilon
         return PrivacyBudget(make_accountant(accountant, sampling, self.population), self.sigma,
                              self.sample_rate, self.delta, budget)
@@ -48,6 +53,8 @@ def _require(ok: bool, key: str, problem: str, fix: str) -> None:
 
 def resolve_plan(s: Settings) -> PrivacyPlan:
     """Check ``privacy`` against the fleet and rounds; calibrate sigma. Raises ConfigError naming the key."""
+    from privacy.accounting import calibrate_sigma, epsilon_for  # Opacus is imported only when DP is on
+
     p = s.privacy
     for key, options in CHOICES.items():
         value = getattr(p, key)
