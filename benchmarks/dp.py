@@ -127,6 +127,8 @@ def write(args, rows: list[dict], total_s: float) -> dict:
         f"- dylora_minus_lora_acc_eps2: **{out['dylora_minus_lora_acc_eps2']:.2f}** points (target >= 0)",
         f"- total wall time {total_s / 60:.1f} min",
         "",
+        "![accuracy and perplexity against epsilon](dp.png)",
+        "",
         "DP-DyLoRA accuracy (%) of the final adapter truncated to each rank:",
         "",
         "| epsilon | " + " | ".join(sorted(out["dylora_rank_accuracy"]["inf"], key=lambda k: int(k.split("_r")[-1])))
@@ -141,6 +143,36 @@ def write(args, rows: list[dict], total_s: float) -> dict:
     (DOCS / "dp.md").write_text("\n".join(lines) + "\n")
     (DOCS / "dp.json").write_text(json.dumps(out, indent=2, default=lambda x: None) + "\n")
     print("\n".join(lines))
+    return out
+
+
+def plot(json_path: Path = DOCS / "dp.json") -> Path | None:
+    """docs/benchmarks/dp.png: accuracy and perplexity against epsilon for both methods (matplotlib, via MLflow)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    data = json.loads(json_path.read_text())
+    finite = [e for e in EPSILONS if not math.isinf(e)]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, label in ((axes[0], "accuracy", "next-token accuracy (%)"), (axes[1], "perplexity", "perplexity")):
+        for method, style in (("dp_lora", "o--"), ("dp_dylora", "s-")):
+            ys = [data["per_epsilon"][fmt_eps(e)][method][key] * (100 if key == "accuracy" else 1) for e in finite]
+            line = ax.plot(finite, ys, style, label=method)[0]
+            inf = data["per_epsilon"]["inf"][method][key] * (100 if key == "accuracy" else 1)
+            ax.axhline(inf, color=line.get_color(), linestyle=":", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("epsilon (dotted: non-private)")
+        ax.set_ylabel(label)
+    axes[0].legend()
+    fig.suptitle(f"user-level DP, N = {data['population']}, delta = 1/N^1.1, {data['rounds']} rounds")
+    fig.tight_layout()
+    out = json_path.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
     return out
 
 
@@ -171,6 +203,7 @@ def main() -> None:
             print(f"{method} eps={fmt_eps(eps)}: acc {100 * row['accuracy']:.2f}% ppl {row['perplexity']:.1f} "
                   f"sigma {row['noise_multiplier']:.3f} ({row['wall_s']:.0f}s)", flush=True)
     write(args, rows, time.perf_counter() - start)
+    plot()
 
 
 if __name__ == "__main__":
