@@ -70,9 +70,10 @@ def test_every_rank_of_the_trained_adapter_runs_on_peft_layers_with_dylora_scali
     assert peft_model.active_adapter == "default"
 
 
-def setup_strategy(overrides):
+def setup_strategy(overrides, output_dir="."):
     ensure_task_identity()
     settings = compose(["+fleet=8dev_test", *overrides])
+    settings.output_dir = str(output_dir)  # privacy_state.json goes here
     devices = build_fleet(settings.fleet, settings.seed)
     shape = ModelShape(num_params=1000, hidden_size=32, num_layers=1, num_heads=2, vocab_size=64)
     strategy = strategy_for(settings)(settings, devices, shape, 1)
@@ -90,10 +91,10 @@ def test_round_rank_is_public_and_the_same_for_every_client():
     assert {fixed.round_rank(r) for r in range(1, 50)} == {8}
 
 
-def test_one_dp_dylora_round_trains_only_the_round_rank_and_keeps_the_rest():
+def test_one_dp_dylora_round_trains_only_the_round_rank_and_keeps_the_rest(tmp_path):
     settings, s = setup_strategy(["method=dp_dylora", "privacy.noise_multiplier=0.5", "privacy.target_epsilon=null",
                                   "method.lora.target_modules=[q_proj,v_proj]", "method.lora.rank=4",
-                                  "method.dylora.eval_ranks=[1,4]"])
+                                  "method.dylora.eval_ranks=[1,4]"], tmp_path)
     model = attach_lora(tiny_llama(), settings.method.lora, 0)
     full = random_adapter(model)
     rnd = next(r for r in range(1, 50) if s.round_rank(r) < 4)
@@ -113,6 +114,7 @@ def test_one_dp_dylora_round_trains_only_the_round_rank_and_keeps_the_rest():
     arrays, metrics = s.aggregate_train(rnd, replies)
     new = from_array_record(arrays)
     assert metrics["dylora/rank"] == b and metrics["privacy/epsilon"] > 0
+    assert (tmp_path / "privacy_state.json").exists()
     for k in full:
         if "lora_A" in k:
             assert np.array_equal(new[k][b:], full[k][b:]) and not np.allclose(new[k][:b], full[k][:b])
