@@ -16,6 +16,7 @@ from client.runtime import get_runtime, host_gflops
 from client.trainers import get_trainer
 from models.evaluation import evaluate_lm
 from models.lora import load_adapter_arrays
+from privacy.client_side import privatize_update
 from protocol.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, Update, Work, from_array_record
 
 
@@ -42,6 +43,7 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
     load_adapter_arrays(model, received)
     result = get_trainer(work.trainer).train(model, runtime.device_data(work.device_index), work)
     delta = {k: result.adapter[k] - received[k] for k in received}
+    delta = privatize_update(delta, work)  # clip + local noise when the server asks (privacy.noise_placement=client)
     update = Update(
         device_index=work.device_index,
         server_round=work.server_round,

@@ -93,6 +93,9 @@ def validate(s: Settings) -> None:
                  "must divide model.num_heads", "e.g. 2 kv heads for 4 heads")
         _require(s.data.seq_len <= s.model.max_position_embeddings, "data.seq_len",
                  "is longer than model.max_position_embeddings", "a shorter data.seq_len")
+    from privacy.plan import validate_privacy  # the privacy section needs the fleet and rounds checked first
+
+    validate_privacy(s)
 
 
 def to_plain(settings: Settings) -> dict[str, Any]:

@@ -90,9 +90,19 @@ class LoraConfig:
 
 
 @dataclass
+class DyLoraConfig:
+    """DP-DyLoRA's per-round rank (privacy/dylora.py): drawn by the server, public, the same for the round."""
+
+    rank_distribution: str = "uniform"  # uniform over [min_rank, lora.rank] | fixed (always lora.rank: DP-LoRA)
+    min_rank: int = 1
+    eval_ranks: list[int] = field(default_factory=list)  # ranks evaluated centrally after training
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
     lora: LoraConfig = field(default_factory=LoraConfig)
+    dylora: Optional[DyLoraConfig] = None  # set by conf/method/dp_dylora.yaml and dp_lora.yaml
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings, validated by the method
 
 
@@ -130,6 +140,32 @@ class TrackingConfig:
 
 
 @dataclass
+class RecordDpConfig:
+    """Record-level DP-SGD inside each client's local training (Opacus PrivacyEngine on the LoRA params)."""
+
+    enabled: bool = False
+    noise_multiplier: float = 1.0
+    clip_norm: float = 1.0  # per-example gradient L2 bound
+    accountant: str = "rdp"  # rdp | prv (the server composes each device's record-level steps)
+
+
+@dataclass
+class PrivacyConfig:
+    """User-level DP-FedAvg (McMahan et al. 2018) with Opacus accounting; see docs/privacy.md."""
+
+    mode: str = "none"  # none | user
+    clip_norm: float = 1.0  # C: every client's whole update is clipped to this L2 norm
+    noise_multiplier: Optional[float] = None  # sigma: noise std on the sum is sigma * C
+    target_epsilon: Optional[float] = None  # calibrates sigma when noise_multiplier is null; always a budget
+    delta: Optional[float] = None  # null: 1 / N^1.1 with N the population (fleet.size)
+    accountant: str = "rdp"  # rdp | prv (Opacus); fixed sampling uses dp_accounting's without-replacement RDP
+    sampling: str = "poisson"  # poisson (rate q = cohort_size / N) | fixed (exactly cohort_size)
+    noise_placement: str = "server"  # server (trusted aggregator) | client (each client adds its share)
+    rng: str = "seeded"  # seeded (numpy Generator from seed, reproducible) | secure (OS CSPRNG)
+    record: RecordDpConfig = field(default_factory=RecordDpConfig)
+
+
+@dataclass
 class Settings:
     seed: int = 0
     rounds: int = 8
@@ -143,3 +179,4 @@ class Settings:
     client: ClientConfig = field(default_factory=ClientConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)

@@ -18,7 +18,7 @@ from runconfig.schema import Settings
 from server.central_evaluation import CentralEvaluator
 from server.preflight import prepare
 from server.progress import RoundProgress
-from strategies import strategy_class
+from privacy.dp_fedavg import strategy_for
 from tracking.mlflow_tracker import MlflowTracker, scratch_dir
 
 
@@ -71,7 +71,7 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
     initial = to_array_record(adapter_arrays(peft_model))
     tracker = MlflowTracker(settings)
     history, progress = History(), RoundProgress(settings.rounds, enabled=show_progress)
-    strategy = strategy_class(settings.method.name)(
+    strategy = strategy_for(settings)(  # the method's strategy, with user-level DP when privacy.mode=user
         settings,
         prepared.devices,
         prepared.shape,
