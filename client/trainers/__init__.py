@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from client.trainers.base import Trainer, TrainResult
 from client.trainers.lora_backprop import LoraBackpropTrainer
+from client.trainers.zeroqat import ZeroQATTrainer
 
 TRAINERS: dict[str, type] = {LoraBackpropTrainer.name: LoraBackpropTrainer}
+TRAINERS[ZeroQATTrainer.name] = ZeroQATTrainer
 
 
 def get_trainer(name: str) -> Trainer:
