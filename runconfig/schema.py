@@ -137,7 +137,7 @@ class ZeroQATConfig:
     clipping: bool = True  # calibrated (grid-searched) clipping bounds; false = round-to-nearest ranges
     calibration_windows: int = 16  # public-split windows for activation statistics
     trainable: str = "lora"  # lora (aggregates in the fleet) | qv (q_proj/v_proj master weights) | qparams
-    lr: float = 1.0e-3  # ZO step size (its own scale: SPSA steps are not AdamW steps)
+    lr: float = 1.0e-2  # ZO step size (its own scale: SPSA steps are not AdamW steps)
     lr_schedule: str = "constant"  # constant | linear | cosine (over a round's local steps)
     eps: float = 1.0e-2  # perturbation scale
     perturbations: int = 1  # q: SPSA directions averaged per step (2q forward passes)
