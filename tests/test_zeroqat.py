@@ -155,6 +155,23 @@ def test_zo_training_descends_a_linear_regression():
     assert loss(0) < 0.05 * before and losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("trainable", ["qv", "qparams"])
+def test_zo_step_moves_only_the_chosen_set(settings, trainable):
+    """The paper's variant (q_proj/v_proj master weights) and quantization-parameter training: a ZO step moves
+    exactly that set; the packed codes of the frozen base never change."""
+    x = torch.randint(3, 256, (4, 17))
+    model = build_quantized(tiny_model(settings), dataclasses.replace(settings.zeroqat, trainable=trainable), [x])
+    chosen = trainable_tensors(model, trainable)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.inference_mode():
+        zo_train(list(chosen.values()), lambda t: float(model(input_ids=x, labels=x).loss), step_seeds(0, 2, 1),
+                 lr=1e-2, schedule="constant", eps=1e-2)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= set(chosen)
+    assert not any(k.endswith("packed") for k in changed)
+
+
 @pytest.fixture(scope="module")
 def phone_setup(settings):
     torch.manual_seed(1)

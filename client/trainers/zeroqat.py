@@ -79,6 +79,8 @@ class ZeroQATTrainer:
         return _quantized_model(runtime, work.rank)
 
     def train(self, model, data: DeviceData, work: Work) -> TrainResult:
+        if not hasattr(self, "cfg"):
+            raise RuntimeError("ZeroQATTrainer.train needs the model from model_for(runtime, work) first")
         adapter, seed_upload, metrics = zeroqat_local_training(model, self.cfg, data, work)
         return TrainResult(adapter=adapter, num_examples=len(data.train_inputs), metrics=metrics,
                            upload=seed_upload if self.cfg.seed_upload else None)
