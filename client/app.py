@@ -39,11 +39,16 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
     runtime = get_runtime(plain_settings)
     work = Work.from_config(msg.content[CONFIG])
     received = from_array_record(msg.content[ARRAYS])
-    model = runtime.adapter_model(work.rank)
+    trainer = get_trainer(work.trainer)
+    # A trainer may bring its own model (ZeroQAT: a quantized base); otherwise the runtime's float one.
+    model = trainer.model_for(runtime, work) if hasattr(trainer, "model_for") else runtime.adapter_model(work.rank)
     load_adapter_arrays(model, received)
-    result = get_trainer(work.trainer).train(model, runtime.device_data(work.device_index), work)
-    delta = {k: result.adapter[k] - received[k] for k in received}
-    delta = privatize_update(delta, work)  # clip + local noise when the server asks (privacy.noise_placement=client)
+    result = trainer.train(model, runtime.device_data(work.device_index), work)
+    if result.upload is not None:  # ZeroQAT seed upload: (seeds, projected gradients), replayed by the server
+        delta = result.upload
+    else:
+        delta = {k: result.adapter[k] - received[k] for k in received}
+        delta = privatize_update(delta, work)  # clip + local noise when the server asks (privacy.noise_placement=client)
     update = Update(
         device_index=work.device_index,
         server_round=work.server_round,

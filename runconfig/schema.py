@@ -166,6 +166,24 @@ class PrivacyConfig:
 
 
 @dataclass
+class ZeroQATConfig:
+    """Forward-only quantization-aware fine-tuning (trainer ``zeroqat``; conf/zeroqat/)."""
+
+    quant: str = "W4A8"  # WxAy: weight bits in 2/3/4/8, activation bits in 4/8/16 (16 = float activations)
+    group_size: int = 64  # weights per scale/zero along the input dim; 0 = per output channel
+    smoothing_alpha: float = 0.5  # SmoothQuant migration strength; 0 = no smoothing
+    clipping: bool = True  # calibrated (grid-searched) clipping bounds; false = round-to-nearest ranges
+    calibration_windows: int = 16  # public-split windows for activation statistics
+    trainable: str = "lora"  # lora (aggregates in the fleet) | qv (q_proj/v_proj master weights) | qparams
+    lr: float = 1.0e-2  # ZO step size (its own scale: SPSA steps are not AdamW steps)
+    lr_schedule: str = "constant"  # constant | linear | cosine (over a round's local steps)
+    eps: float = 1.0e-2  # perturbation scale
+    perturbations: int = 1  # q: SPSA directions averaged per step (2q forward passes)
+    grad_clip: float = 0.0  # clip each projected gradient to [-c, c]; 0 = off
+    seed_upload: bool = False  # send (seeds, projected gradients) instead of the adapter (FedKSeed-style)
+
+
+@dataclass
 class Settings:
     seed: int = 0
     rounds: int = 8
@@ -180,3 +198,4 @@ class Settings:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    zeroqat: ZeroQATConfig = field(default_factory=ZeroQATConfig)
