@@ -12,6 +12,7 @@ import time
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.device_detect import detect_host, device_class_of, trainer_of
 from client.runtime import get_runtime, host_gflops
 from client.trainers import get_trainer
 from models.evaluation import evaluate_lm
@@ -30,7 +31,8 @@ def _peak_rss_mb() -> float:
 def handle_query(plain_settings: dict, msg: Message, context: Context) -> Message:
     """Tell the server which device of the fleet this node is."""
     index = _device_index(context)
-    metrics = MetricRecord({"device-index": index, "host-gflops": host_gflops()})
+    device_class_of(context.node_config, plain_settings["fleet"]["classes"], "")  # a wrong class fails here, early
+    metrics = MetricRecord({"device-index": index, "host-gflops": host_gflops(), **detect_host().metrics()})
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
 
@@ -40,7 +42,11 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
     received = from_array_record(msg.content[ARRAYS])
     model = runtime.adapter_model(work.rank)
     load_adapter_arrays(model, received)
-    result = get_trainer(work.trainer).train(model, runtime.device_data(work.device_index), work)
+    s = runtime.settings
+    trainer = trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
+                         runtime.devices[work.device_index].class_name, work.trainer)
+    with runtime.autocast():
+        result = get_trainer(trainer).train(model, runtime.device_data(work.device_index), work)
     delta = {k: result.adapter[k] - received[k] for k in received}
     update = Update(
         device_index=work.device_index,
@@ -60,7 +66,8 @@ def handle_evaluate(plain_settings: dict, msg: Message, context: Context) -> Mes
     data = runtime.device_data(work.device_index)
     n = runtime.settings.client.eval_batches * work.batch_size
     start = time.perf_counter()
-    score = evaluate_lm(model, data.test_inputs[:n], data.test_labels[:n], batch_size=work.batch_size)
+    with runtime.autocast():
+        score = evaluate_lm(model, data.test_inputs[:n], data.test_labels[:n], batch_size=work.batch_size)
     metrics = {
         NUM_EXAMPLES: score.tokens,
         "device-index": work.device_index,

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import torch
 
+from client.device_detect import autocast, select_device
 from fleet.devices import Device, build_fleet
 from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
 from models.lora import attach_lora
@@ -36,7 +37,12 @@ class ClientRuntime:
     devices: list[Device]
     clients_of_device: list[list[int]]
     base_model: torch.nn.Module
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the model and data live
     _adapters: dict = field(default_factory=dict)
+
+    def autocast(self):
+        """Mixed precision for this device (``client.precision``), or a no-op on fp32 devices."""
+        return autocast(self.device, self.settings.client.precision)
 
     def device_data(self, device_index: int) -> DeviceData:
         """The device's roles, each cut into its own windows (no window straddles two roles)."""
@@ -46,8 +52,8 @@ class ClientRuntime:
         train = [windows(self.corpus.client_train_ids(c), seq_len, pad) for c in clients]
         test = [windows(self.corpus.client_test_ids(c), seq_len, pad) for c in clients]
         return DeviceData(
-            torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]),
-            torch.cat([x for x, _ in test]), torch.cat([y for _, y in test]),
+            torch.cat([x for x, _ in train]).to(self.device), torch.cat([y for _, y in train]).to(self.device),
+            torch.cat([x for x, _ in test]).to(self.device), torch.cat([y for _, y in test]).to(self.device),
         )
 
     def adapter_model(self, rank: int):
@@ -66,6 +72,7 @@ def _runtime(settings_json: str) -> ClientRuntime:
     corpus = load_corpus(settings)
     folder = ensure_base_checkpoint(settings, corpus, show_progress=False)
     devices = build_fleet(settings.fleet, settings.seed)
+    device = select_device(settings.client.device)
     return ClientRuntime(
         settings=settings,
         corpus=corpus,
@@ -73,7 +80,8 @@ def _runtime(settings_json: str) -> ClientRuntime:
         clients_of_device=assign_clients(
             len(devices), corpus.num_clients, settings.seed, settings.data.roles_per_device
         ),
-        base_model=load_base_model(folder),
+        base_model=load_base_model(folder).to(device),
+        device=device,
     )
 
 
