@@ -82,3 +82,28 @@ def test_bad_device_settings_are_config_errors():
         compose(["+fleet=8dev_test", "client.device=gpu0"])
     with pytest.raises(ConfigError, match="client.precision"):
         compose(["+fleet=8dev_test", "client.precision=half"])
+
+
+def test_lora_trainer_runs_under_bf16_autocast_and_keeps_fp32_adapter():
+    """The real trainer inside the ClientApp's autocast: finite loss, an fp32 adapter that moved."""
+    import numpy as np
+
+    from client.runtime import DeviceData
+    from client.trainers import get_trainer
+    from models.architectures import build_config, build_model
+    from models.lora import adapter_arrays, attach_lora
+    from protocol.messages import Work
+    from runconfig.schema import ModelConfig
+
+    cfg = ModelConfig(name="t", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    model = attach_lora(build_model(build_config(cfg, 64, 0, 1, 2), seed=0), compose(["+fleet=8dev_test"]).method.lora, 0)
+    before = adapter_arrays(model)
+    ids = torch.randint(3, 64, (8, 16))
+    data = DeviceData(ids, ids.clone(), ids[:2], ids[:2].clone())
+    work = Work(server_round=1, device_index=0, trainer="lora_backprop", local_steps=2, batch_size=4, lr=1e-2,
+                rank=8, seed=0)
+    with autocast(select_device("cpu"), "bf16"):
+        result = get_trainer("lora_backprop").train(model, data, work)
+    assert np.isfinite(result.metrics["train_loss"])
+    assert all(v.dtype == np.float32 for v in result.adapter.values())
+    assert any(not np.allclose(result.adapter[k], before[k]) for k in before)
