@@ -33,8 +33,26 @@ openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 
 rm -f server.csr server.ext ca.srl
 chmod 600 ca.key server.key
 
+ssh_key() {  # ECDSA P-384 in OpenSSH format: ssh-keygen, or Python's cryptography (a Flower dependency)
+  if command -v ssh-keygen >/dev/null; then
+    ssh-keygen -q -t ecdsa -b 384 -N "" -C "edgefleet-supernode-$1" -f "supernode_$1"
+  else
+    "${PYTHON:-python3}" - "$1" <<'PY'
+import sys
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization as s
+from cryptography.hazmat.primitives.asymmetric import ec
+i = sys.argv[1]
+key = ec.generate_private_key(ec.SECP384R1())
+Path(f"supernode_{i}").write_bytes(key.private_bytes(s.Encoding.PEM, s.PrivateFormat.OpenSSH, s.NoEncryption()))
+Path(f"supernode_{i}").chmod(0o600)
+pub = key.public_key().public_bytes(s.Encoding.OpenSSH, s.PublicFormat.OpenSSH)
+Path(f"supernode_{i}.pub").write_bytes(pub + f" edgefleet-supernode-{i}\n".encode())
+PY
+  fi
+}
 for i in $(seq 0 $(( NODES - 1 ))); do
   rm -f "supernode_$i" "supernode_$i.pub"
-  ssh-keygen -q -t ecdsa -b 384 -N "" -C "edgefleet-supernode-$i" -f "supernode_$i"
+  ssh_key "$i"
 done
 echo "certificates and $NODES SuperNode key pairs in $(pwd) (SAN: $SAN)"

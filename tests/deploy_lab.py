@@ -50,15 +50,16 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: 
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def stop_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process and every descendant (some run detached in their own session), then SIGKILL."""
+def stop_tree(proc: subprocess.Popen, grace: float = 10.0, hard: bool = False) -> None:
+    """SIGTERM (SIGKILL when ``hard``: a device losing power) the process and every descendant (some run
+    detached in their own session), then SIGKILL whatever is left after ``grace`` seconds."""
     try:
         family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         family = []
     for p in family:
         try:
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(family, timeout=grace)
@@ -110,9 +111,9 @@ class Lab:
         self.procs[name] = proc
         return proc
 
-    def stop(self, name: str) -> None:
+    def stop(self, name: str, hard: bool = False) -> None:
         if name in self.procs:
-            stop_tree(self.procs.pop(name))
+            stop_tree(self.procs.pop(name), hard=hard)
 
     def close(self) -> None:
         for name in list(self.procs):

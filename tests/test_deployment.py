@@ -1,6 +1,7 @@
 """Flower's deployment engine on loopback: a SuperLink and 3 SuperNodes as real processes, TLS and SuperNode
 authentication on, a 2-round run submitted with ``flwr run``; an unknown SuperNode is refused; one SuperNode is
-killed in the middle of round 2 and the run still finishes, reporting the lost device.
+killed (SIGKILL, like a device losing power) in the middle of round 2 and the run still finishes, reporting the
+lost device (the SuperLink notices the missing heartbeats and answers for it, or the round times out).
 
 The run is slow on a loaded 2-core machine (Flower starts a fresh ClientApp process for every message), so the
 deadlines below are generous; they bound the test, they do not measure it.
@@ -87,7 +88,7 @@ def finished_run(lab, fast_overrides):
 
     wait_for(round2_reached_node2_or_run_over, RUN_DEADLINE_S, "round 2 to reach SuperNode 2", every=2)
     killed_mid_round = _train_messages(lab, "supernode2") >= 2
-    lab.stop("supernode2")  # SIGTERM/SIGKILL the SuperNode with its SuperExec and ClientApp
+    lab.stop("supernode2", hard=True)  # SIGKILL the SuperNode, its SuperExec and ClientApp: no goodbye
     wait_for(lambda: lab.run_status(run_id).startswith("finished"), RUN_DEADLINE_S, "the run to finish", every=15)
     return run_id, uri, out, killed_mid_round
 
