@@ -17,6 +17,7 @@ from client.runtime import get_runtime, host_gflops
 from client.trainers import get_trainer
 from models.evaluation import evaluate_lm
 from models.lora import load_adapter_arrays
+from privacy.client_side import privatize_update
 from protocol.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, Update, Work, from_array_record
 
 
@@ -40,14 +41,19 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
     runtime = get_runtime(plain_settings)
     work = Work.from_config(msg.content[CONFIG])
     received = from_array_record(msg.content[ARRAYS])
-    model = runtime.adapter_model(work.rank)
+    s = runtime.settings  # the node may name its own class or trainer (--node-config); see client/device_detect.py
+    trainer = get_trainer(trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
+                                     runtime.devices[work.device_index].class_name, work.trainer))
+    # A trainer may bring its own model (ZeroQAT: a quantized base); otherwise the runtime's float one.
+    model = trainer.model_for(runtime, work) if hasattr(trainer, "model_for") else runtime.adapter_model(work.rank)
     load_adapter_arrays(model, received)
-    s = runtime.settings
-    trainer = trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
-                         runtime.devices[work.device_index].class_name, work.trainer)
     with runtime.autocast():
-        result = get_trainer(trainer).train(model, runtime.device_data(work.device_index), work)
-    delta = {k: result.adapter[k] - received[k] for k in received}
+        result = trainer.train(model, runtime.device_data(work.device_index).to_model(model), work)
+    if result.upload is not None:  # ZeroQAT seed upload: (seeds, projected gradients), replayed by the server
+        delta = result.upload
+    else:
+        delta = {k: result.adapter[k] - received[k] for k in received}
+        delta = privatize_update(delta, work)  # clip + local noise when the server asks (privacy.noise_placement=client)
     update = Update(
         device_index=work.device_index,
         server_round=work.server_round,
@@ -63,7 +69,7 @@ def handle_evaluate(plain_settings: dict, msg: Message, context: Context) -> Mes
     work = Work.from_config(msg.content[CONFIG])
     model = runtime.adapter_model(work.rank)
     load_adapter_arrays(model, from_array_record(msg.content[ARRAYS]))
-    data = runtime.device_data(work.device_index)
+    data = runtime.device_data(work.device_index).to_model(model)
     n = runtime.settings.client.eval_batches * work.batch_size
     start = time.perf_counter()
     with runtime.autocast():

@@ -29,6 +29,12 @@ class DeviceData:
     test_inputs: torch.Tensor
     test_labels: torch.Tensor
 
+    def to_model(self, model: torch.nn.Module) -> DeviceData:
+        """The same data on the model's device (the GPU for the runtime's model, the CPU for a trainer's own)."""
+        device = next(model.parameters()).device
+        return DeviceData(*(t.to(device) for t in (self.train_inputs, self.train_labels, self.test_inputs,
+                                                   self.test_labels)))
+
 
 @dataclass
 class ClientRuntime:
@@ -52,8 +58,8 @@ class ClientRuntime:
         train = [windows(self.corpus.client_train_ids(c), seq_len, pad) for c in clients]
         test = [windows(self.corpus.client_test_ids(c), seq_len, pad) for c in clients]
         return DeviceData(
-            torch.cat([x for x, _ in train]).to(self.device), torch.cat([y for _, y in train]).to(self.device),
-            torch.cat([x for x, _ in test]).to(self.device), torch.cat([y for _, y in test]).to(self.device),
+            torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]),
+            torch.cat([x for x, _ in test]), torch.cat([y for _, y in test]),
         )
 
     def adapter_model(self, rank: int):
