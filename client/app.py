@@ -12,6 +12,7 @@ import time
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.device_detect import detect_host, device_class_of, trainer_of
 from client.runtime import get_runtime, host_gflops
 from client.trainers import get_trainer
 from models.evaluation import evaluate_lm
@@ -31,7 +32,8 @@ def _peak_rss_mb() -> float:
 def handle_query(plain_settings: dict, msg: Message, context: Context) -> Message:
     """Tell the server which device of the fleet this node is."""
     index = _device_index(context)
-    metrics = MetricRecord({"device-index": index, "host-gflops": host_gflops()})
+    device_class_of(context.node_config, plain_settings["fleet"]["classes"], "")  # a wrong class fails here, early
+    metrics = MetricRecord({"device-index": index, "host-gflops": host_gflops(), **detect_host().metrics()})
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
 
@@ -39,11 +41,14 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
     runtime = get_runtime(plain_settings)
     work = Work.from_config(msg.content[CONFIG])
     received = from_array_record(msg.content[ARRAYS])
-    trainer = get_trainer(work.trainer)
+    s = runtime.settings  # the node may name its own class or trainer (--node-config); see client/device_detect.py
+    trainer = get_trainer(trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
+                                     runtime.devices[work.device_index].class_name, work.trainer))
     # A trainer may bring its own model (ZeroQAT: a quantized base); otherwise the runtime's float one.
     model = trainer.model_for(runtime, work) if hasattr(trainer, "model_for") else runtime.adapter_model(work.rank)
     load_adapter_arrays(model, received)
-    result = trainer.train(model, runtime.device_data(work.device_index), work)
+    with runtime.autocast():
+        result = trainer.train(model, runtime.device_data(work.device_index).to_model(model), work)
     if result.upload is not None:  # ZeroQAT seed upload: (seeds, projected gradients), replayed by the server
         delta = result.upload
     else:
@@ -64,10 +69,11 @@ def handle_evaluate(plain_settings: dict, msg: Message, context: Context) -> Mes
     work = Work.from_config(msg.content[CONFIG])
     model = runtime.adapter_model(work.rank)
     load_adapter_arrays(model, from_array_record(msg.content[ARRAYS]))
-    data = runtime.device_data(work.device_index)
+    data = runtime.device_data(work.device_index).to_model(model)
     n = runtime.settings.client.eval_batches * work.batch_size
     start = time.perf_counter()
-    score = evaluate_lm(model, data.test_inputs[:n], data.test_labels[:n], batch_size=work.batch_size)
+    with runtime.autocast():
+        score = evaluate_lm(model, data.test_inputs[:n], data.test_labels[:n], batch_size=work.batch_size)
     metrics = {
         NUM_EXAMPLES: score.tokens,
         "device-index": work.device_index,

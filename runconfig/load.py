@@ -80,6 +80,9 @@ def validate(s: Settings) -> None:
     _require(c.local_steps >= 1, "client.local_steps", "must be >= 1", "client.local_steps=12")
     _require(c.batch_size >= 1, "client.batch_size", "must be >= 1", "client.batch_size=8")
     _require(c.lr > 0, "client.lr", "must be > 0", "client.lr=2e-3")
+    _require(c.device in ("auto", "cpu", "cuda"), "client.device", f"unknown '{c.device}'", "auto, cpu or cuda")
+    _require(c.precision in ("auto", "fp32", "bf16", "fp16"), "client.precision", f"unknown '{c.precision}'",
+             "auto, fp32, bf16 or fp16")
     _require(s.method.lora.rank >= 1, "method.lora.rank", "must be >= 1", "method.lora.rank=8")
     _require(bool(s.method.lora.target_modules), "method.lora.target_modules", "is empty", "e.g. [q_proj, v_proj]")
     _validate_zeroqat(s)
@@ -149,5 +152,6 @@ def compose(overrides: list[str]) -> Settings:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
     container = OmegaConf.to_container(cfg, resolve=False)
-    container["output_dir"] = "."
+    if not any(o.startswith("output_dir=") for o in overrides):
+        container["output_dir"] = "."  # the default names Hydra's run dir, which exists only in a Hydra app
     return to_settings(OmegaConf.create(container))

@@ -120,6 +120,8 @@ class ClientConfig:
     batch_size: int = 8
     lr: float = 2e-3
     eval_batches: int = 4
+    device: str = "auto"  # auto | cpu | cuda: the GPU when CUDA works, else the CPU (client/device_detect.py)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: autocast dtype (auto: bf16/fp16 on CUDA, fp32 on CPU)
 
 
 @dataclass

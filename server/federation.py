@@ -60,6 +60,7 @@ def summarize(history: History, settings: Settings, wall_s: float, run_id: str) 
         "bytes_up": sum(history.rounds[r].get("comm/bytes_up", 0) for r in rounds),
         "bytes_down": sum(history.rounds[r].get("comm/bytes_down", 0) for r in rounds),
         "failures": sum(history.rounds[r].get("fleet/failures", 0) for r in rounds),
+        "no_reply": sum(history.rounds[r].get("fleet/no_reply", 0) for r in rounds),
         "skipped_memory": sum(history.rounds[r].get("fleet/skipped_memory", 0) for r in rounds),
     }
 

@@ -212,11 +212,16 @@ class FleetFedAvg(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
         good, failed = self.valid_updates(server_round, replies)
         ledger = self._ledger
+        no_reply = len(ledger.sent) - len(replies)  # lost devices (a killed SuperNode): the round went on without them
+        if no_reply:
+            logger.warning("round %d: %d device(s) sent no reply within the round timeout", server_round, no_reply)
         metrics = {
             "fleet/replies": len(good),
             "fleet/failures": failed,
+            "fleet/no_reply": no_reply,
             "fleet/offline": ledger.offline,
             "fleet/skipped_memory": ledger.skipped_memory,
         }
