@@ -16,7 +16,7 @@ from client.runtime import get_runtime, host_gflops
 from client.trainers import get_trainer
 from models.evaluation import evaluate_lm
 from models.lora import load_adapter_arrays
-from protocol.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, Update, Work, from_array_record
+from protocol.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, STRUCTURE, Update, Work, from_array_record
 
 
 def _device_index(context: Context) -> int:
@@ -38,16 +38,23 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
     runtime = get_runtime(plain_settings)
     work = Work.from_config(msg.content[CONFIG])
     received = from_array_record(msg.content[ARRAYS])
-    model = runtime.adapter_model(work.rank)
-    load_adapter_arrays(model, received)
-    result = get_trainer(work.trainer).train(model, runtime.device_data(work.device_index), work)
-    delta = {k: result.adapter[k] - received[k] for k in received}
+    trainer = get_trainer(work.trainer)
+    if hasattr(trainer, "train_pruned"):  # builds its own pruned sub-model from the base (FedSpine)
+        structure = from_array_record(msg.content[STRUCTURE]) if STRUCTURE in msg.content else {}
+        result = trainer.train_pruned(runtime, received, structure, work)
+    else:
+        model = runtime.adapter_model(work.rank)
+        load_adapter_arrays(model, received)
+        result = trainer.train(model, runtime.device_data(work.device_index), work)
+    reference = received if result.reference is None else result.reference
+    delta = {k: result.adapter[k] - reference[k] for k in reference}
     update = Update(
         device_index=work.device_index,
         server_round=work.server_round,
         delta=delta,
         num_examples=result.num_examples,
         metrics={**result.metrics, "host_gflops": host_gflops(), "peak_rss_mb": _peak_rss_mb()},
+        structure=result.structure,
     )
     return Message(update.to_content(), reply_to=msg)
 

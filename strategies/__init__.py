@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from strategies.fedspine import FEDSPINE_METHODS, FedSpine
 from strategies.fleet_fedavg import FleetFedAvg, RoundObserver
 
 STRATEGIES: dict[str, type[FleetFedAvg]] = {"fedavg_lora": FleetFedAvg}
+STRATEGIES.update(dict.fromkeys(FEDSPINE_METHODS, FedSpine))
 
 
 def strategy_class(method: str) -> type[FleetFedAvg]:

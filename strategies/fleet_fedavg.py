@@ -115,6 +115,14 @@ class FleetFedAvg(Strategy):
             seed=seeded(self.settings.seed, server_round, device.index),
         )
 
+    def train_content(self, arrays: ArrayRecord, work: Work, device: Device) -> RecordDict:
+        """A train message's content (hook: FedSpine adds the device's kept-structure masks)."""
+        return work_message_content(arrays, work)
+
+    def eval_work_for(self, device: Device, server_round: int) -> Work:
+        """The Work of an evaluate message (hook: FedSpine evaluates the global adapter at its full rank)."""
+        return self.work_for(device, server_round)
+
     def memory_needed(self, device: Device, work: Work, trainable_params: int) -> int:
         return training_bytes(
             self.model_shape,
@@ -154,7 +162,7 @@ class FleetFedAvg(Strategy):
         for device in cohort:
             node = self.node_of_device[device.index]
             ledger.sent[node] = device
-            content = work_message_content(arrays, self.work_for(device, server_round))
+            content = self.train_content(arrays, self.work_for(device, server_round), device)
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         self._ledger = ledger
         return messages
@@ -229,7 +237,7 @@ class FleetFedAvg(Strategy):
         cohort, _ = self.select(server_round, size, "evaluate", trainable)
         messages = []
         for device in cohort:
-            work = self.work_for(device, server_round)
+            work = self.eval_work_for(device, server_round)
             content = work_message_content(arrays, work)
             messages.append(Message(content, dst_node_id=self.node_of_device[device.index],
                                     message_type=MessageType.EVALUATE))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from client.trainers.base import Trainer, TrainResult
+from client.trainers.fedspine_prune import FedSpinePruneTrainer
 from client.trainers.lora_backprop import LoraBackpropTrainer
 
 TRAINERS: dict[str, type] = {LoraBackpropTrainer.name: LoraBackpropTrainer}
+TRAINERS[FedSpinePruneTrainer.name] = FedSpinePruneTrainer
 
 
 def get_trainer(name: str) -> Trainer:
