@@ -125,6 +125,18 @@ class Structure:
         return out, inn
 
 
+def full_shape(key: str, dims: Dims, hidden_size: int, rank: int) -> tuple[int, int]:
+    """The dense model's shape of a LoRA factor at ``rank`` (A: (rank, in), B: (out, rank))."""
+    m = _KEY.search(key)
+    if not m:
+        raise ValueError(f"not a LoRA key of a decoder layer: {key}")
+    proj, d = m.group(3), dims.head_dim
+    size = {"h": hidden_size, "q": dims.num_heads * d, "g": dims.num_kv_heads * d, "c": dims.intermediate_size}
+    kinds = {"q_proj": "hq", "k_proj": "hg", "v_proj": "hg", "o_proj": "qh", "gate_proj": "hc", "up_proj": "hc",
+             "down_proj": "ch"}[proj]
+    return (rank, size[kinds[0]]) if m.group(4) == "A" else (size[kinds[1]], rank)
+
+
 def lora_index(key: str, structure: Structure, dims: Dims, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Row and column indices of a LoRA factor's sub-tensor inside the full-coordinate tensor.
 

@@ -4,7 +4,8 @@ Per round and device: an arm (pruning ratio, LoRA rank) from a policy -- ``bandi
 :mod:`strategies.bandit`), ``random``, ``fixed`` or ``class_ranks`` (HetLoRA-style fixed rank per device
 class) -- restricted to arms whose training fits the device's memory at its current pruned shape; the
 device's kept-structure masks travel with its work; replies (deltas in pruned, rank-truncated coordinates plus
-masks) are mapped back to full coordinates and averaged per coordinate over their holders
+masks) are mapped back to full coordinates (a device downloads only the global adapter's coordinates it
+holds: sliced to its structure and rank) and averaged per coordinate over their holders
 (:mod:`strategies.hetero_aggregation`). The server keeps each device's structure between its rounds.
 
 Reward of a device's arm after a round (each term relative to this round's cohort; docs/fedspine.md):
@@ -29,8 +30,8 @@ from fleet.clock import device_time
 from fleet.devices import Device
 from fleet.memory import ModelShape, training_bytes
 from models.base_checkpoint import base_dir
-from protocol.messages import ARRAYS, Update, Work, work_message_content
-from pruning.structure import Dims, Structure, lora_index
+from protocol.messages import ARRAYS, Update, Work, to_array_record, work_message_content
+from pruning.structure import Dims, Structure, lora_index, slice_to
 from runconfig.load import ConfigError
 from strategies.bandit import SmoothUCB
 from strategies.fleet_fedavg import FleetFedAvg, seeded
@@ -166,8 +167,12 @@ class FedSpine(FleetFedAvg):
         return self.training_memory(self.structure_of(device), work.rank)
 
     def train_content(self, arrays: ArrayRecord, work: Work, device: Device) -> RecordDict:
+        """Only the coordinates the device holds: the global adapter sliced to its structure and rank."""
         structure = self.structures.get(device.index)
-        return work_message_content(arrays, work, structure.to_arrays() if structure is not None else None)
+        sub = slice_to(self._global, structure or Structure.dense(self.dims), self.dims, work.rank)
+        work.extra["sliced"] = True
+        return work_message_content(to_array_record(sub), work,
+                                    structure.to_arrays() if structure is not None else None)
 
     # ------------------------------------------------------------------ replies
     def expected_shapes(self, structure: Structure, rank: int) -> dict[str, tuple]:

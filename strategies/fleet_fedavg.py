@@ -57,6 +57,7 @@ class RoundLedger:
     offline: int = 0
     skipped_memory: int = 0
     bytes_down_each: int = 0
+    bytes_down: dict[int, int] = field(default_factory=dict)  # device index -> bytes of its train message
 
 
 class FleetFedAvg(Strategy):
@@ -163,6 +164,7 @@ class FleetFedAvg(Strategy):
             node = self.node_of_device[device.index]
             ledger.sent[node] = device
             content = self.train_content(arrays, self.work_for(device, server_round), device)
+            ledger.bytes_down[device.index] = content[ARRAYS].count_bytes()
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         self._ledger = ledger
         return messages
@@ -210,7 +212,8 @@ class FleetFedAvg(Strategy):
             device = self.devices[update.device_index]
             times.append(
                 device_time(device, update.metrics["compute_s"], update.metrics["host_gflops"],
-                            self.settings.fleet.compute_efficiency, ledger.bytes_down_each, bytes_up)
+                            self.settings.fleet.compute_efficiency,
+                            ledger.bytes_down.get(update.device_index, ledger.bytes_down_each), bytes_up)
             )
         sim_round = round_time(times)
         self.sim_time_s += sim_round
@@ -219,7 +222,8 @@ class FleetFedAvg(Strategy):
             "train/loss": float(np.average([u.metrics["train_loss"] for u in updates], weights=weights)),
             "clock/sim_round_s": sim_round,
             "clock/sim_time_s": self.sim_time_s,
-            "comm/bytes_down": ledger.bytes_down_each * len(ledger.sent),
+            "comm/bytes_down": sum(ledger.bytes_down.values()) if ledger.bytes_down
+            else ledger.bytes_down_each * len(ledger.sent),
             "comm/bytes_up": sum(b for _, b in good),
             "timing/client_compute_s": sum(u.metrics["compute_s"] for u in updates),
             "memory/peak_rss_mb": max(u.metrics.get("peak_rss_mb", 0.0) for u in updates),

@@ -1,6 +1,7 @@
 """FedSpine's on-device prune-and-tune: LoRA tuning on a pruned sub-model whose sparsity rises in steps.
 
-Per round, from the server: the global adapter (full coordinates, rank R), the device's kept-structure masks,
+Per round, from the server: the global adapter (full coordinates at rank R, or -- ``extra.sliced`` -- only the
+coordinates this device holds, at its rank), the device's kept-structure masks,
 its arm (``work.rank`` and the round's target pruning ratio ``extra.ratio``) and the schedule. The device
 prunes its own copy of the dense base to its structure, tunes LoRA at its rank, and every ``prune_every``
 iterations (while below the target, and not after the last iteration) raises its pruning ratio by
@@ -26,7 +27,7 @@ from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
 from protocol.messages import Work
 from pruning.importance import ImportanceTracker
 from pruning.prune import prune_model
-from pruning.structure import Dims, Structure, scatter_from, select, slice_to
+from pruning.structure import Dims, Structure, full_shape, scatter_from, select, slice_to
 
 
 @lru_cache(maxsize=2)
@@ -82,7 +83,10 @@ class FedSpinePruneTrainer:
         # the same scaling alpha/R at every rank, so a truncated adapter means the same thing as the global one
         lora_cfg = replace(settings.method.lora, alpha=float(x["alpha"]) * rank / max_rank)
         scaling = float(x["alpha"]) / max_rank
-        full_shapes = {k: v.shape for k, v in received.items()}
+        full_shapes = {k: full_shape(k, dims, base.config.hidden_size, max_rank) for k in received}
+        if x.get("sliced"):  # the server sent only this device's coordinates: place them in full coordinates
+            placed, _ = scatter_from(received, structure, dims, rank, full_shapes)
+            received = {k: v.astype(np.float32) for k, v in placed.items()}
         data = runtime.device_data(work.device_index)
 
         start_ratio = ratio_of(structure, dims)
