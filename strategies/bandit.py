@@ -76,9 +76,12 @@ class SmoothUCB:
         bonus = self.explore * np.sqrt(math.log(self.t + 1) / np.maximum(n_s, 1e-9))
         return mu, n_s, np.where(n_s > 1e-9, mu + bonus, np.inf)
 
-    def choose(self, feasible: Callable[[float, int], bool] | None = None,
-               rng: np.random.Generator | None = None) -> tuple[float, int] | None:
-        """The arm of the feasible cell with the highest UCB (ties broken by ``rng``); None if none fits."""
+    def choose(self, feasible: Callable[[float, int], bool] | None = None) -> tuple[float, int] | None:
+        """The arm of the feasible cell with the highest UCB; None if none fits.
+
+        Ties (at the start every cell is untried, UCB infinite) go to the cheapest work -- lowest rank, then
+        highest pruning ratio: knowing nothing of the device, its first round should not make it a straggler.
+        """
         _, _, ucb = self.scores()
         options = [(i, self.arm_of(c)) for i, c in enumerate(self.cells)]
         options = [(i, arm) for i, arm in options if feasible is None or feasible(*arm)]
@@ -86,7 +89,7 @@ class SmoothUCB:
             return None
         best = max(ucb[i] for i, _ in options)
         tied = [arm for i, arm in options if ucb[i] >= best - 1e-12]
-        return tied[int(rng.integers(len(tied)))] if rng is not None and len(tied) > 1 else tied[0]
+        return min(tied, key=lambda arm: (arm[1], -arm[0]))
 
     # ------------------------------------------------------------------ learning
     def _cell_of(self, arm: tuple[float, int]) -> int:

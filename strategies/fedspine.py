@@ -128,7 +128,7 @@ class FedSpine(FleetFedAvg):
         rng = np.random.default_rng(seeded(self.settings.seed, server_round, device.index, "arm"))
         feasible = lambda ratio, rank: self.fits(device, rank)  # noqa: E731
         if cfg.policy == "bandit":
-            arm = self.bandit_of(device).choose(feasible, rng)
+            arm = self.bandit_of(device).choose(feasible)
         elif cfg.policy == "random":
             ranks = [r for r in cfg.ranks if feasible(0.0, r)]
             arm = (round(float(rng.uniform(0, cfg.max_ratio)), 4), int(rng.choice(ranks))) if ranks else None

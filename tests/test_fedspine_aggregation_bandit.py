@@ -67,7 +67,7 @@ def test_bandit_converges_to_the_best_arm_and_regret_falls():
     best = max(env_reward((r, k)) for r in np.linspace(0, 0.8, 81) for k in [2, 4, 8, 16, 32])
     regrets = []
     for _ in range(240):
-        arm = bandit.choose(rng=rng)
+        arm = bandit.choose()
         bandit.update(arm, env_reward(arm) + rng.normal(0, 0.05))
         regrets.append(best - env_reward(arm))
     early, late = np.mean(regrets[:40]), np.mean(regrets[-40:])
@@ -82,7 +82,7 @@ def test_bandit_respects_feasibility_and_state_round_trips():
     bandit = SmoothUCB(max_ratio=0.8, ranks=[2, 4, 8, 16])
     fits = lambda ratio, rank: rank <= 4 and ratio >= 0.4  # noqa: E731  (a device short of memory)
     for _ in range(30):
-        arm = bandit.choose(fits, rng)
+        arm = bandit.choose(fits)
         assert arm is not None and fits(*arm)
         bandit.update(arm, env_reward(arm))
     clone = SmoothUCB(max_ratio=0.8, ranks=[2, 4, 8, 16])
@@ -90,3 +90,5 @@ def test_bandit_respects_feasibility_and_state_round_trips():
     assert clone.get_state() == bandit.get_state()
     assert clone.choose(fits) == bandit.choose(fits)
     assert bandit.choose(lambda ratio, rank: False) is None
+    fresh = SmoothUCB(max_ratio=0.8, ranks=[2, 4, 8, 16], grid=2)
+    assert fresh.choose() == (0.6, 2)  # nothing known: the cheapest work first (lowest rank, most pruning)

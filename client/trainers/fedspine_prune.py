@@ -61,8 +61,10 @@ def lora_update_norm(before: dict[str, np.ndarray], after: dict[str, np.ndarray]
         if ".lora_A." not in key:
             continue
         bkey = key.replace(".lora_A.", ".lora_B.")
-        d = after[bkey] @ after[key] - before[bkey] @ before[key]
-        total += float(np.linalg.norm(d) * scaling)
+        # B'A' - BA = [B', -B] [A'; A]; its squared norm from two small (2r x 2r) Gram matrices
+        b = np.concatenate([after[bkey], -before[bkey]], axis=1).astype(np.float64)
+        a = np.concatenate([after[key], before[key]], axis=0).astype(np.float64)
+        total += float(np.sqrt(max(np.sum((b.T @ b) * (a @ a.T)), 0.0)) * scaling)
     return total
 
 
