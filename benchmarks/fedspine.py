@@ -296,6 +296,8 @@ def write_docs(out: dict) -> None:
         lines.append(f"| {m} | {fmt(r['time_to_target_s'])} | {per_seed} | {r['final_ppl']:.2f} | "
                      f"{r['final_accuracy']:.4f} | {r['pruned_ppl']:.2f} | {r['pruned_accuracy']:.4f} | "
                      f"{r['final_fleet_sparsity']:.2f} | {r['sim_time_total_s']:.1f} | {r['bytes_up_mb']:.1f} |")
+    if out.get("notes"):
+        lines += ["", "Notes: " + out["notes"]]
     lines += ["", "## Final FedSpine models per device class (seed 0; host CPU, batch 1, one thread)", "",
               "| class | device | rank | sparsity | forward latency (ms) | weights (MiB) |", "|---|---|---|---|---|---|"]
     for cls, r in out["per_class_fedspine_models"].items():
