@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import torch
 
+from client.device_detect import autocast, select_device
 from fleet.devices import Device, build_fleet
 from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
 from models.lora import attach_lora
@@ -28,23 +29,38 @@ class DeviceData:
     test_inputs: torch.Tensor
     test_labels: torch.Tensor
 
+    def to_model(self, model: torch.nn.Module) -> DeviceData:
+        """The same data on the model's device (the GPU for the runtime's model, the CPU for a trainer's own)."""
+        device = next(model.parameters()).device
+        return DeviceData(*(t.to(device) for t in (self.train_inputs, self.train_labels, self.test_inputs,
+                                                   self.test_labels)))
+
 
 @dataclass
 class ClientRuntime:
     settings: Settings
     corpus: Corpus
     devices: list[Device]
-    client_of_device: list[int]
+    clients_of_device: list[list[int]]
     base_model: torch.nn.Module
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the model and data live
     _adapters: dict = field(default_factory=dict)
 
+    def autocast(self):
+        """Mixed precision for this device (``client.precision``), or a no-op on fp32 devices."""
+        return autocast(self.device, self.settings.client.precision)
+
     def device_data(self, device_index: int) -> DeviceData:
-        client = self.client_of_device[device_index]
+        """The device's roles, each cut into its own windows (no window straddles two roles)."""
         pad = self.corpus.tokenizer.pad_token_id
         seq_len = self.settings.data.seq_len
-        tr_x, tr_y = windows(self.corpus.client_train_ids(client), seq_len, pad)
-        te_x, te_y = windows(self.corpus.client_test_ids(client), seq_len, pad)
-        return DeviceData(tr_x, tr_y, te_x, te_y)
+        clients = self.clients_of_device[device_index]
+        train = [windows(self.corpus.client_train_ids(c), seq_len, pad) for c in clients]
+        test = [windows(self.corpus.client_test_ids(c), seq_len, pad) for c in clients]
+        return DeviceData(
+            torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]),
+            torch.cat([x for x, _ in test]), torch.cat([y for _, y in test]),
+        )
 
     def adapter_model(self, rank: int):
         """The base model wrapped with a LoRA adapter of this rank (PEFT wraps in place: one live at a time)."""
@@ -62,12 +78,16 @@ def _runtime(settings_json: str) -> ClientRuntime:
     corpus = load_corpus(settings)
     folder = ensure_base_checkpoint(settings, corpus, show_progress=False)
     devices = build_fleet(settings.fleet, settings.seed)
+    device = select_device(settings.client.device)
     return ClientRuntime(
         settings=settings,
         corpus=corpus,
         devices=devices,
-        client_of_device=assign_clients(len(devices), corpus.num_clients, settings.seed),
-        base_model=load_base_model(folder),
+        clients_of_device=assign_clients(
+            len(devices), corpus.num_clients, settings.seed, settings.data.roles_per_device
+        ),
+        base_model=load_base_model(folder).to(device),
+        device=device,
     )
 
 

@@ -12,14 +12,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from models.base_checkpoint import load_base_model
-from models.lora import attach_lora, load_adapter_arrays
+from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
 from protocol.messages import from_array_record, to_array_record
-from models.lora import adapter_arrays
 from runconfig.schema import Settings
 from server.central_evaluation import CentralEvaluator
 from server.preflight import prepare
 from server.progress import RoundProgress
-from strategies import strategy_class
+from privacy.dp_fedavg import strategy_for
 from tracking.mlflow_tracker import MlflowTracker, scratch_dir
 
 
@@ -61,6 +60,7 @@ def summarize(history: History, settings: Settings, wall_s: float, run_id: str) 
         "bytes_up": sum(history.rounds[r].get("comm/bytes_up", 0) for r in rounds),
         "bytes_down": sum(history.rounds[r].get("comm/bytes_down", 0) for r in rounds),
         "failures": sum(history.rounds[r].get("fleet/failures", 0) for r in rounds),
+        "no_reply": sum(history.rounds[r].get("fleet/no_reply", 0) for r in rounds),
         "skipped_memory": sum(history.rounds[r].get("fleet/skipped_memory", 0) for r in rounds),
     }
 
@@ -72,7 +72,7 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
     initial = to_array_record(adapter_arrays(peft_model))
     tracker = MlflowTracker(settings)
     history, progress = History(), RoundProgress(settings.rounds, enabled=show_progress)
-    strategy = strategy_class(settings.method.name)(
+    strategy = strategy_for(settings)(  # the method's strategy, with user-level DP when privacy.mode=user
         settings,
         prepared.devices,
         prepared.shape,

@@ -30,10 +30,19 @@ from flwr.serverapp.strategy import Result, Strategy
 from fleet.clock import DeviceTime, device_time, round_time
 from fleet.devices import Device
 from fleet.memory import ModelShape, training_bytes
-from protocol.messages import ARRAYS, METRICS, NUM_EXAMPLES, Update, Work, from_array_record, to_array_record
-from protocol.messages import work_message_content
+from protocol.messages import (
+    ARRAYS,
+    METRICS,
+    NUM_EXAMPLES,
+    Update,
+    Work,
+    from_array_record,
+    to_array_record,
+    work_message_content,
+)
 from runconfig.schema import Settings
 from strategies.aggregation import apply_delta, weighted_mean
+from zeroqat import upload
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +186,7 @@ class FleetFedAvg(Strategy):
                 failed += 1
                 logger.warning("round %d: a device failed: %s", server_round, msg.error.reason)
                 continue
-            update = Update.from_message(msg)
+            update = self.expand_update(Update.from_message(msg))
             ok_shapes = update.delta.keys() == self._global.keys() and all(
                 update.delta[k].shape == self._global[k].shape for k in self._global
             )
@@ -188,6 +197,24 @@ class FleetFedAvg(Strategy):
             good.append((update, msg.content[ARRAYS].count_bytes()))
         return good, failed
 
+    def expand_update(self, update: Update) -> Update:
+        """A ZO device's seed-only upload (seeds, projected gradients) replayed into the adapter delta it stands for."""
+        if upload.is_seed_upload(update.delta):
+            z = self.settings.zeroqat
+            update.delta = upload.replay_delta(self._global, update.delta, z.lr, z.lr_schedule)
+        return update
+
+    def class_metrics(self, good: list[tuple[Update, int]]) -> dict[str, float]:
+        """Per device class: train loss (example-weighted), replies and upload bytes (e.g. phones vs Jetsons)."""
+        out: dict[str, float] = {}
+        for name in sorted({self.devices[u.device_index].class_name for u, _ in good}):
+            rows = [(u, b) for u, b in good if self.devices[u.device_index].class_name == name]
+            weights = [u.num_examples for u, _ in rows]
+            out[f"train/loss/{name}"] = float(np.average([u.metrics["train_loss"] for u, _ in rows], weights=weights))
+            out[f"fleet/replies/{name}"] = len(rows)
+            out[f"comm/bytes_up/{name}"] = sum(b for _, b in rows)
+        return out
+
     def aggregate_updates(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
         """The global delta of this round (example-weighted FedAvg)."""
         return weighted_mean([u.delta for u in updates], [u.num_examples for u in updates])
@@ -195,11 +222,16 @@ class FleetFedAvg(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
         good, failed = self.valid_updates(server_round, replies)
         ledger = self._ledger
+        no_reply = len(ledger.sent) - len(replies)  # lost devices (a killed SuperNode): the round went on without them
+        if no_reply:
+            logger.warning("round %d: %d device(s) sent no reply within the round timeout", server_round, no_reply)
         metrics = {
             "fleet/replies": len(good),
             "fleet/failures": failed,
+            "fleet/no_reply": no_reply,
             "fleet/offline": ledger.offline,
             "fleet/skipped_memory": ledger.skipped_memory,
         }
@@ -227,7 +259,12 @@ class FleetFedAvg(Strategy):
             "comm/bytes_up": sum(b for _, b in good),
             "timing/client_compute_s": sum(u.metrics["compute_s"] for u in updates),
             "memory/peak_rss_mb": max(u.metrics.get("peak_rss_mb", 0.0) for u in updates),
+            **self.class_metrics(good),
         })
+        for trainer in {self.trainer_for(self.devices[u.device_index]) for u in updates}:
+            mine = [u for u in updates if self.trainer_for(self.devices[u.device_index]) == trainer]
+            metrics[f"memory/peak_rss_mb.{trainer}"] = max(u.metrics.get("peak_rss_mb", 0.0) for u in mine)
+            metrics[f"train/loss.{trainer}"] = float(np.mean([u.metrics["train_loss"] for u in mine]))
         return to_array_record(new_global), MetricRecord(metrics)
 
     # ----------------------------------------------------------- evaluation
