@@ -18,7 +18,7 @@ from client.trainers import get_trainer
 from models.evaluation import evaluate_lm
 from models.lora import load_adapter_arrays
 from privacy.client_side import privatize_update
-from protocol.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, Update, Work, from_array_record
+from protocol.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, STRUCTURE, Update, Work, from_array_record
 
 
 def _device_index(context: Context) -> int:
@@ -44,15 +44,21 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
     s = runtime.settings  # the node may name its own class or trainer (--node-config); see client/device_detect.py
     trainer = get_trainer(trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
                                      runtime.devices[work.device_index].class_name, work.trainer))
-    # A trainer may bring its own model (ZeroQAT: a quantized base); otherwise the runtime's float one.
-    model = trainer.model_for(runtime, work) if hasattr(trainer, "model_for") else runtime.adapter_model(work.rank)
-    load_adapter_arrays(model, received)
-    with runtime.autocast():
-        result = trainer.train(model, runtime.device_data(work.device_index).to_model(model), work)
+    if hasattr(trainer, "train_pruned"):  # builds its own pruned sub-model from the base (FedSpine)
+        structure = from_array_record(msg.content[STRUCTURE]) if STRUCTURE in msg.content else {}
+        with runtime.autocast():
+            result = trainer.train_pruned(runtime, received, structure, work)
+    else:
+        # A trainer may bring its own model (ZeroQAT: a quantized base); otherwise the runtime's float one.
+        model = trainer.model_for(runtime, work) if hasattr(trainer, "model_for") else runtime.adapter_model(work.rank)
+        load_adapter_arrays(model, received)
+        with runtime.autocast():
+            result = trainer.train(model, runtime.device_data(work.device_index).to_model(model), work)
     if result.upload is not None:  # ZeroQAT seed upload: (seeds, projected gradients), replayed by the server
         delta = result.upload
     else:
-        delta = {k: result.adapter[k] - received[k] for k in received}
+        reference = received if result.reference is None else result.reference  # FedSpine: its sub-model's coords
+        delta = {k: result.adapter[k] - reference[k] for k in reference}
         delta = privatize_update(delta, work)  # clip + local noise when the server asks (privacy.noise_placement=client)
     update = Update(
         device_index=work.device_index,
@@ -60,6 +66,7 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
         delta=delta,
         num_examples=result.num_examples,
         metrics={**result.metrics, "host_gflops": host_gflops(), "peak_rss_mb": _peak_rss_mb()},
+        structure=result.structure,
     )
     return Message(update.to_content(), reply_to=msg)
 

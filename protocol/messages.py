@@ -4,6 +4,8 @@
 * Update (device -> server): the adapter *delta* (``arrays``, local minus received, in the received
   adapter's coordinates) and a MetricRecord (``metrics``) with ``num-examples`` and measurements.
 * Identity (device -> server, answer to a ``query``): which device of the fleet a node is.
+* Structure (both ways, optional, ``structure``): a pruned device's kept heads/channels as 0/1 masks (FedSpine);
+  with it, an update's delta is in the pruned sub-model's coordinates at ``metrics["rank"]``.
 
 Sending deltas rather than weights makes averaging, clipping and noise speak the same language.
 """
@@ -15,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+ARRAYS, CONFIG, METRICS, STRUCTURE = "arrays", "config", "metrics", "structure"
 NUM_EXAMPLES = "num-examples"
 
 
@@ -66,11 +68,15 @@ class Update:
     delta: dict[str, np.ndarray]
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)  # train_loss, compute_s, host_gflops, ...
+    structure: dict[str, np.ndarray] = field(default_factory=dict)  # kept-structure masks (pruned devices)
 
     def to_content(self) -> RecordDict:
         metrics = {NUM_EXAMPLES: self.num_examples, "device-index": self.device_index,
                    "server-round": self.server_round, **self.metrics}
-        return RecordDict({ARRAYS: to_array_record(self.delta), METRICS: MetricRecord(metrics)})
+        content = RecordDict({ARRAYS: to_array_record(self.delta), METRICS: MetricRecord(metrics)})
+        if self.structure:
+            content[STRUCTURE] = to_array_record(self.structure)
+        return content
 
     @classmethod
     def from_message(cls, msg: Message) -> Update:
@@ -81,8 +87,13 @@ class Update:
             num_examples=int(metrics.pop(NUM_EXAMPLES)),
             delta=from_array_record(msg.content[ARRAYS]),
             metrics={k: float(v) for k, v in metrics.items()},
+            structure=from_array_record(msg.content[STRUCTURE]) if STRUCTURE in msg.content else {},
         )
 
 
-def work_message_content(global_arrays: ArrayRecord, work: Work) -> RecordDict:
-    return RecordDict({ARRAYS: global_arrays, CONFIG: work.to_config()})
+def work_message_content(global_arrays: ArrayRecord, work: Work,
+                         structure: dict[str, np.ndarray] | None = None) -> RecordDict:
+    content = RecordDict({ARRAYS: global_arrays, CONFIG: work.to_config()})
+    if structure:
+        content[STRUCTURE] = to_array_record(structure)
+    return content

@@ -88,6 +88,8 @@ def validate(s: Settings) -> None:
     _validate_zeroqat(s)
     _require(s.data.seq_len >= 8, "data.seq_len", "must be >= 8", "data.seq_len=64")
     _require(0 < s.data.test_fraction < 1, "data.test_fraction", "must be in (0, 1)", "data.test_fraction=0.2")
+    if s.method.fedspine is not None:
+        _validate_fedspine(s)
     if s.model.name_or_path is None:
         _require(s.model.arch in ("llama", "qwen2", "mistral"), "model.arch", f"unknown '{s.model.arch}'",
                  "llama, qwen2 or mistral")
@@ -122,6 +124,33 @@ def _validate_zeroqat(s: Settings) -> None:
     _require(not uses_zeroqat or z.trainable == "lora", "zeroqat.trainable",
              f"'{z.trainable}' trains no adapter, so a fleet cannot aggregate it",
              "zeroqat.trainable=lora in a fleet (qv/qparams are for single-device fine-tuning)")
+
+
+def _validate_fedspine(s: Settings) -> None:
+    f, key = s.method.fedspine, "method.fedspine"
+    _require(f.policy in ("bandit", "random", "fixed", "class_ranks"), f"{key}.policy", f"unknown '{f.policy}'",
+             "bandit, random, fixed or class_ranks")
+    _require(bool(f.ranks) and all(1 <= r <= s.method.lora.rank for r in f.ranks), f"{key}.ranks",
+             f"every arm rank must be in 1..method.lora.rank ({s.method.lora.rank}), got {list(f.ranks)}",
+             "lower the ranks or raise method.lora.rank (the global adapter's rank)")
+    _require(0 <= f.max_ratio < 1, f"{key}.max_ratio", "must be in [0, 1)", "e.g. 0.6")
+    _require(0 <= f.target_sparsity < 1, f"{key}.target_sparsity", "must be in [0, 1)", "e.g. 0.5")
+    _require(f.prune_every >= 1, f"{key}.prune_every", "must be >= 1", "e.g. 20 (the paper), or local_steps/2")
+    _require(0 < f.sparsity_step <= 1, f"{key}.sparsity_step", "must be in (0, 1]", "e.g. 0.1")
+    _require(0 <= f.importance_ema < 1, f"{key}.importance_ema", "must be in [0, 1)", "e.g. 0.9")
+    _require(f.head_rule in ("within_groups", "whole_groups"), f"{key}.head_rule", f"unknown '{f.head_rule}'",
+             "within_groups or whole_groups")
+    if f.policy == "fixed":
+        _require(1 <= f.fixed_rank <= s.method.lora.rank, f"{key}.fixed_rank", "must be in 1..method.lora.rank",
+                 "e.g. 8")
+    if f.policy == "class_ranks":
+        missing = sorted(set(s.fleet.classes) - set(f.class_ranks))
+        _require(not missing, f"{key}.class_ranks", f"no rank for device classes {missing}",
+                 "add a rank per class of the fleet")
+        _require(all(1 <= r <= s.method.lora.rank for r in f.class_ranks.values()), f"{key}.class_ranks",
+                 "ranks must be in 1..method.lora.rank", "lower them")
+    _require(s.client.trainer is None, "client.trainer", "FedSpine methods run their own trainer (fedspine_prune)",
+             "leave client.trainer unset")
 
 
 def to_plain(settings: Settings) -> dict[str, Any]:

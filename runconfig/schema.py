@@ -90,6 +90,45 @@ class LoraConfig:
 
 
 @dataclass
+class FedSpineRewardConfig:
+    """Weights of the bandit's reward terms (docs/fedspine.md): each term is in [0, 1] (time: in (0, 1])."""
+
+    loss: float = 1.0  # local-loss improvement, relative to the cohort's best
+    prune: float = 0.5  # pruning progress toward fedspine.target_sparsity
+    importance: float = 0.5  # size of the LoRA update (||delta(sBA)||_F), relative to the cohort's largest
+    time: float = 1.0  # completion time relative to the cohort's slowest (a penalty)
+
+
+@dataclass
+class FedSpineBanditConfig:
+    grid: int = 2  # initial ratio intervals per rank
+    bandwidth: float = 0.25  # kernel width in the normalised space (halved per refinement level)
+    explore: float = 0.5  # UCB exploration coefficient
+    split_after: int = 2  # pulls before a cell is split (doubles per depth level)
+    max_depth: int = 3
+
+
+@dataclass
+class FedSpineConfig:
+    """FedSpine and the baselines that share its harness (conf/method/{fedspine,hetlora,fedspine_*}.yaml)."""
+
+    policy: str = "bandit"  # bandit | random | fixed | class_ranks: how each device's (ratio, rank) is chosen
+    ranks: list[int] = field(default_factory=lambda: [2, 4, 8, 16])  # arm ranks (<= method.lora.rank)
+    max_ratio: float = 0.6  # largest pruning ratio (target sparsity level) an arm may ask for
+    target_sparsity: float = 0.5  # deployment sparsity: pruning progress is measured toward it
+    fixed_ratio: float = 0.5  # policy=fixed
+    fixed_rank: int = 8  # policy=fixed
+    class_ranks: dict[str, int] = field(default_factory=dict)  # policy=class_ranks (HetLoRA): rank per class
+    prune: bool = True  # false: LoRA only (ratio 0), e.g. HetLoRA
+    prune_every: int = 20  # local iterations between pruning steps (the paper's best: ~20)
+    sparsity_step: float = 0.1  # pruning ratio added per pruning step
+    importance_ema: float = 0.9  # EMA factor of the LoRAPrune importance over local iterations
+    head_rule: str = "within_groups"  # within_groups | whole_groups (GQA)
+    reward: FedSpineRewardConfig = field(default_factory=FedSpineRewardConfig)
+    bandit: FedSpineBanditConfig = field(default_factory=FedSpineBanditConfig)
+
+
+@dataclass
 class DyLoraConfig:
     """DP-DyLoRA's per-round rank (privacy/dylora.py): drawn by the server, public, the same for the round."""
 
@@ -104,6 +143,7 @@ class MethodConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     dylora: Optional[DyLoraConfig] = None  # set by conf/method/dp_dylora.yaml and dp_lora.yaml
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings, validated by the method
+    fedspine: Optional[FedSpineConfig] = None  # FedSpine-family methods (strategies/fedspine.py)
 
 
 @dataclass

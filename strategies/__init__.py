@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from strategies.dp_dylora import DyLoraFedAvg
+from strategies.fedspine import FEDSPINE_METHODS, FedSpine
 from strategies.fleet_fedavg import FleetFedAvg, RoundObserver
 
 STRATEGIES: dict[str, type[FleetFedAvg]] = {"fedavg_lora": FleetFedAvg}
 STRATEGIES["dp_dylora"] = STRATEGIES["dp_lora"] = DyLoraFedAvg  # privacy/dylora.py; DP from privacy=user_dp
+STRATEGIES.update(dict.fromkeys(FEDSPINE_METHODS, FedSpine))
 
 
 def strategy_class(method: str) -> type[FleetFedAvg]:

@@ -66,6 +66,7 @@ class RoundLedger:
     offline: int = 0
     skipped_memory: int = 0
     bytes_down_each: int = 0
+    bytes_down: dict[int, int] = field(default_factory=dict)  # device index -> bytes of its train message
 
 
 class FleetFedAvg(Strategy):
@@ -124,6 +125,14 @@ class FleetFedAvg(Strategy):
             seed=seeded(self.settings.seed, server_round, device.index),
         )
 
+    def train_content(self, arrays: ArrayRecord, work: Work, device: Device) -> RecordDict:
+        """A train message's content (hook: FedSpine adds the device's kept-structure masks)."""
+        return work_message_content(arrays, work)
+
+    def eval_work_for(self, device: Device, server_round: int) -> Work:
+        """The Work of an evaluate message (hook: FedSpine evaluates the global adapter at its full rank)."""
+        return self.work_for(device, server_round)
+
     def memory_needed(self, device: Device, work: Work, trainable_params: int) -> int:
         return training_bytes(
             self.model_shape,
@@ -163,7 +172,8 @@ class FleetFedAvg(Strategy):
         for device in cohort:
             node = self.node_of_device[device.index]
             ledger.sent[node] = device
-            content = work_message_content(arrays, self.work_for(device, server_round))
+            content = self.train_content(arrays, self.work_for(device, server_round), device)
+            ledger.bytes_down[device.index] = content[ARRAYS].count_bytes()
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         self._ledger = ledger
         return messages
@@ -234,7 +244,8 @@ class FleetFedAvg(Strategy):
             device = self.devices[update.device_index]
             times.append(
                 device_time(device, update.metrics["compute_s"], update.metrics["host_gflops"],
-                            self.settings.fleet.compute_efficiency, ledger.bytes_down_each, bytes_up)
+                            self.settings.fleet.compute_efficiency,
+                            ledger.bytes_down.get(update.device_index, ledger.bytes_down_each), bytes_up)
             )
         sim_round = round_time(times)
         self.sim_time_s += sim_round
@@ -243,7 +254,8 @@ class FleetFedAvg(Strategy):
             "train/loss": float(np.average([u.metrics["train_loss"] for u in updates], weights=weights)),
             "clock/sim_round_s": sim_round,
             "clock/sim_time_s": self.sim_time_s,
-            "comm/bytes_down": ledger.bytes_down_each * len(ledger.sent),
+            "comm/bytes_down": sum(ledger.bytes_down.values()) if ledger.bytes_down
+            else ledger.bytes_down_each * len(ledger.sent),
             "comm/bytes_up": sum(b for _, b in good),
             "timing/client_compute_s": sum(u.metrics["compute_s"] for u in updates),
             "memory/peak_rss_mb": max(u.metrics.get("peak_rss_mb", 0.0) for u in updates),
@@ -266,7 +278,7 @@ class FleetFedAvg(Strategy):
         cohort, _ = self.select(server_round, size, "evaluate", trainable)
         messages = []
         for device in cohort:
-            work = self.work_for(device, server_round)
+            work = self.eval_work_for(device, server_round)
             content = work_message_content(arrays, work)
             messages.append(Message(content, dst_node_id=self.node_of_device[device.index],
                                     message_type=MessageType.EVALUATE))

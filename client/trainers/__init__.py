@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from client.trainers.base import Trainer, TrainResult
+from client.trainers.fedspine_prune import FedSpinePruneTrainer
 from client.trainers.lora_backprop import LoraBackpropTrainer
 from client.trainers.zeroqat import ZeroQATTrainer
 from privacy.dpsgd_trainer import LoraDpSgdTrainer
@@ -10,6 +11,7 @@ from privacy.dpsgd_trainer import LoraDpSgdTrainer
 TRAINERS: dict[str, type] = {LoraBackpropTrainer.name: LoraBackpropTrainer}
 TRAINERS["lora_dpsgd"] = LoraDpSgdTrainer  # record-level DP-SGD (privacy.record.enabled)
 TRAINERS[ZeroQATTrainer.name] = ZeroQATTrainer
+TRAINERS[FedSpinePruneTrainer.name] = FedSpinePruneTrainer
 
 
 def get_trainer(name: str) -> Trainer:

@@ -17,6 +17,10 @@ class TrainResult:
     num_examples: int  # training windows the device holds (FedAvg weight)
     metrics: dict[str, float] = field(default_factory=dict)  # train_loss, compute_s, ...
     upload: dict[str, np.ndarray] | None = None  # sent instead of the adapter delta when set (ZO seed uploads)
+    # A trainer that reshapes the model (FedSpine) returns its sub-model's adapter with the arrays it is a
+    # delta against (the received adapter in the same coordinates) and its kept-structure masks.
+    reference: dict[str, np.ndarray] | None = None
+    structure: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Trainer(Protocol):

@@ -1,0 +1,307 @@
+"""FedSpine (Yao et al. 2025) and the baselines that share its harness, as one Flower strategy.
+
+Per round and device: an arm (pruning ratio, LoRA rank) from a policy -- ``bandit`` (smooth UCB, per device,
+:mod:`strategies.bandit`), ``random``, ``fixed`` or ``class_ranks`` (HetLoRA-style fixed rank per device
+class) -- restricted to arms whose training fits the device's memory at its current pruned shape; the
+device's kept-structure masks travel with its work; replies (deltas in pruned, rank-truncated coordinates plus
+masks) are mapped back to full coordinates (a device downloads only the global adapter's coordinates it
+holds: sliced to its structure and rank) and averaged per coordinate over their holders
+(:mod:`strategies.hetero_aggregation`). The server keeps each device's structure between its rounds.
+
+Reward of a device's arm after a round (each term relative to this round's cohort; docs/fedspine.md):
+
+    reward = w_loss * gain/max_gain + w_prune * progress + w_importance * update/max_update - w_time * T/T_max
+
+``gain`` = its local loss drop (first vs last quarter of its iterations, relative), ``progress`` = the share of
+the remaining way to ``target_sparsity`` it covered this round (1 once there), ``update`` = the size of its
+LoRA update ||s(B'A' - BA)||_F, ``T`` = its simulated completion time (compute + transfers).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from transformers import AutoConfig
+
+from fleet.clock import device_time
+from fleet.devices import Device
+from fleet.memory import ModelShape, training_bytes
+from models.base_checkpoint import base_dir
+from protocol.messages import ARRAYS, Update, Work, to_array_record, work_message_content
+from pruning.structure import Dims, Structure, lora_index, slice_to
+from runconfig.load import ConfigError
+from strategies.bandit import SmoothUCB
+from strategies.fleet_fedavg import FleetFedAvg, seeded
+from strategies.hetero_aggregation import SubUpdate, aggregate_hetero, coverage
+
+logger = logging.getLogger(__name__)
+
+FEDSPINE_METHODS = ("fedspine", "fedspine_random", "fedspine_fixed", "hetlora")
+TRAINER = "fedspine_prune"
+_MODULE_DIMS = {  # LoRA target -> (in dim, out dim) kinds: h hidden, q heads*d, g groups*d, c channels
+    "q_proj": ("h", "q"), "k_proj": ("h", "g"), "v_proj": ("h", "g"), "o_proj": ("q", "h"),
+    "gate_proj": ("h", "c"), "up_proj": ("h", "c"), "down_proj": ("c", "h"),
+}
+
+
+def cohort_rewards(rows: list[dict], weights) -> list[float]:
+    """Rewards for one round's cohort: rows have gain, progress, update, time (see the module docstring)."""
+    max_gain = max((abs(r["gain"]) for r in rows), default=0.0) or 1.0
+    max_update = max((r["update"] for r in rows), default=0.0) or 1.0
+    max_time = max((r["time"] for r in rows), default=0.0) or 1.0
+    return [
+        weights.loss * r["gain"] / max_gain + weights.prune * r["progress"]
+        + weights.importance * r["update"] / max_update - weights.time * r["time"] / max_time
+        for r in rows
+    ]
+
+
+class FedSpine(FleetFedAvg):
+    def __init__(self, settings, devices, model_shape, concurrency, observers=()) -> None:
+        super().__init__(settings, devices, model_shape, concurrency, observers)
+        if settings.method.fedspine is None:
+            raise ConfigError(f"config key 'method.fedspine': method '{settings.method.name}' needs it. "
+                              "Fix: use a conf/method/ file of the FedSpine family (fedspine, hetlora, ...)")
+        self.cfg = settings.method.fedspine
+        config = AutoConfig.from_pretrained(str(base_dir(settings)))
+        self.dims, self.hidden = Dims.of(config), config.hidden_size
+        self.max_rank = settings.method.lora.rank
+        self.structures: dict[int, Structure] = {}
+        self.bandits: dict[int, SmoothUCB] = {}
+        self.arm_log: list[dict] = []  # one row per device-round: round, device, class, ratio, rank, reward, ...
+        self._arms: dict[tuple[int, int], tuple[float, int] | None] = {}
+        self._bytes_up: dict[int, int] = {}
+        self._round_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ device state
+    def structure_of(self, device: Device) -> Structure:
+        return self.structures.get(device.index) or Structure.dense(self.dims)
+
+    def bandit_of(self, device: Device) -> SmoothUCB:
+        if device.index not in self.bandits:
+            b = self.cfg.bandit
+            self.bandits[device.index] = SmoothUCB(
+                max_ratio=self.cfg.max_ratio, ranks=list(self.cfg.ranks), grid=b.grid, bandwidth=b.bandwidth,
+                explore=b.explore, split_after=b.split_after, max_depth=b.max_depth)
+        return self.bandits[device.index]
+
+    # ------------------------------------------------------------------ memory (pruned shape)
+    def lora_params(self, structure: Structure, rank: int) -> int:
+        d = self.dims.head_dim
+        size = {"h": self.hidden, "q": structure.kept_heads() * d, "g": structure.kept_groups(self.dims) * d,
+                "c": structure.kept_channels()}
+        per_layer = sum(rank * (size[i] + size[o]) for m, (i, o) in _MODULE_DIMS.items()
+                        if m in self.settings.method.lora.target_modules)
+        return per_layer * self.dims.num_layers
+
+    def pruned_shape(self, structure: Structure) -> ModelShape:
+        removed = structure.sparsity(self.dims, self.hidden) * self.dims.num_layers * (
+            2 * self.hidden * self.dims.num_heads * self.dims.head_dim
+            + 2 * self.hidden * self.dims.num_kv_heads * self.dims.head_dim
+            + 3 * self.hidden * self.dims.intermediate_size)
+        s = self.model_shape
+        return ModelShape(int(s.num_params - removed), s.hidden_size, s.num_layers, structure.kept_heads(),
+                          s.vocab_size)
+
+    def training_memory(self, structure: Structure, rank: int) -> int:
+        """Peak training bytes of a round that starts at ``structure`` (the largest shape it will have)."""
+        c = self.settings.client
+        return training_bytes(self.pruned_shape(structure), self.lora_params(structure, rank), c.batch_size,
+                              self.settings.data.seq_len, self.settings.model.param_bytes)
+
+    def fits(self, device: Device, rank: int) -> bool:
+        return self.training_memory(self.structure_of(device), rank) <= device.usable_memory_bytes
+
+    # ------------------------------------------------------------------ arms
+    def arm_for(self, device: Device, server_round: int) -> tuple[float, int] | None:
+        """This round's (pruning ratio, rank) for the device, or None when no arm fits its memory."""
+        key = (server_round, device.index)
+        if key not in self._arms:
+            self._arms[key] = self._choose(device, server_round)
+        return self._arms[key]
+
+    def _choose(self, device: Device, server_round: int) -> tuple[float, int] | None:
+        cfg = self.cfg
+        rng = np.random.default_rng(seeded(self.settings.seed, server_round, device.index, "arm"))
+        feasible = lambda ratio, rank: self.fits(device, rank)  # noqa: E731
+        if cfg.policy == "bandit":
+            arm = self.bandit_of(device).choose(feasible)
+        elif cfg.policy == "random":
+            ranks = [r for r in cfg.ranks if feasible(0.0, r)]
+            arm = (round(float(rng.uniform(0, cfg.max_ratio)), 4), int(rng.choice(ranks))) if ranks else None
+        elif cfg.policy == "fixed":
+            arm = (cfg.fixed_ratio, cfg.fixed_rank)
+        else:  # class_ranks
+            arm = (0.0, cfg.class_ranks[device.class_name])
+        if arm is None or not feasible(*arm):
+            return None
+        return (arm[0] if cfg.prune else 0.0, int(arm[1]))
+
+    # ------------------------------------------------------------------ per-device work
+    def work_for(self, device: Device, server_round: int) -> Work:
+        work = super().work_for(device, server_round)
+        arm = self.arm_for(device, server_round)
+        ratio, rank = arm if arm is not None else (0.0, self.max_rank)
+        work.trainer, work.rank = TRAINER, rank
+        work.extra = {
+            "ratio": float(ratio), "max_rank": self.max_rank, "alpha": float(self.settings.method.lora.alpha),
+            "prune_every": self.cfg.prune_every, "sparsity_step": self.cfg.sparsity_step,
+            "importance_ema": self.cfg.importance_ema, "head_rule": self.cfg.head_rule,
+        }
+        return work
+
+    def eval_work_for(self, device: Device, server_round: int) -> Work:
+        """Federated evaluation scores the global adapter (full rank) on the device's test split."""
+        work = super().work_for(device, server_round)
+        work.trainer, work.rank = "lora_backprop", self.max_rank
+        return work
+
+    def memory_needed(self, device: Device, work: Work, trainable_params: int) -> int:
+        if work.trainer != TRAINER:
+            return super().memory_needed(device, work, trainable_params)
+        if self.arm_for(device, work.server_round) is None:
+            return math.inf  # no arm fits: the device is skipped (counted in fleet/skipped_memory)
+        return self.training_memory(self.structure_of(device), work.rank)
+
+    def train_content(self, arrays: ArrayRecord, work: Work, device: Device) -> RecordDict:
+        """Only the coordinates the device holds: the global adapter sliced to its structure and rank."""
+        structure = self.structures.get(device.index)
+        sub = slice_to(self._global, structure or Structure.dense(self.dims), self.dims, work.rank)
+        work.extra["sliced"] = True
+        return work_message_content(to_array_record(sub), work,
+                                    structure.to_arrays() if structure is not None else None)
+
+    # ------------------------------------------------------------------ replies
+    def expected_shapes(self, structure: Structure, rank: int) -> dict[str, tuple]:
+        out = {}
+        for key, value in self._global.items():
+            rows, cols = lora_index(key, structure, self.dims, rank)
+            out[key] = (value.shape[0] if rows is None else len(rows), value.shape[1] if cols is None else len(cols))
+        return out
+
+    def valid_updates(self, server_round: int, replies) -> tuple[list[tuple[Update, int]], int]:
+        good, failed = [], 0
+        for msg in replies:
+            if msg.has_error():
+                failed += 1
+                logger.warning("round %d: a device failed: %s", server_round, msg.error.reason)
+                continue
+            update = Update.from_message(msg)
+            try:
+                structure = Structure.from_arrays(update.structure, self.dims)
+                rank = int(update.metrics["rank"])
+                shapes = self.expected_shapes(structure, rank)
+                ok = 1 <= rank <= self.max_rank and update.delta.keys() == shapes.keys() and all(
+                    update.delta[k].shape == shapes[k] and np.isfinite(update.delta[k]).all() for k in shapes)
+            except (KeyError, ValueError) as err:
+                logger.warning("round %d: device %d: bad structure: %s", server_round, update.device_index, err)
+                ok = False
+            if not ok or update.num_examples <= 0:
+                failed += 1
+                logger.warning("round %d: device %d sent a malformed update", server_round, update.device_index)
+                continue
+            nbytes = msg.content[ARRAYS].count_bytes()
+            self._bytes_up[update.device_index] = nbytes
+            good.append((update, nbytes))
+        return good, failed
+
+    def aggregate_updates(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
+        subs = [SubUpdate(u.delta, Structure.from_arrays(u.structure, self.dims), int(u.metrics["rank"]),
+                          float(u.num_examples)) for u in updates]
+        shapes = {k: v.shape for k, v in self._global.items()}
+        delta = aggregate_hetero(subs, shapes, self.dims)
+        self._learn(server_round, updates, subs)
+        self._round_metrics["fedspine/coverage"] = coverage(subs, shapes, self.dims)
+        return delta
+
+    def _learn(self, server_round: int, updates: list[Update], subs: list[SubUpdate]) -> None:
+        """Keep each device's new structure; score its arm; update its bandit."""
+        eff = self.settings.fleet.compute_efficiency
+        rows = []
+        for u, sub in zip(updates, subs):
+            device = self.devices[u.device_index]
+            t = device_time(device, u.metrics["compute_s"], u.metrics["host_gflops"], eff,
+                            self._ledger.bytes_down_each, self._bytes_up.get(u.device_index, 0)).total_s
+            before, after, target = u.metrics["sparsity_before"], u.metrics["sparsity"], self.cfg.target_sparsity
+            progress = 1.0 if after >= target - 1e-6 else max(0.0, after - before) / max(target - before, 1e-6)
+            gain = (u.metrics["loss_start"] - u.metrics["loss_end"]) / max(u.metrics["loss_start"], 1e-9)
+            rows.append({"gain": gain, "progress": progress, "update": u.metrics["update_norm"], "time": t})
+            self.structures[u.device_index] = sub.structure
+        rewards = cohort_rewards(rows, self.cfg.reward)
+        for u, row, r in zip(updates, rows, rewards):
+            device = self.devices[u.device_index]
+            arm = self.arm_for(device, server_round)
+            if self.cfg.policy == "bandit" and arm is not None:
+                self.bandit_of(device).update(arm, r)
+            self.arm_log.append({"round": server_round, "device": device.index, "class": device.class_name,
+                                 "ratio": arm[0] if arm else 0.0, "rank": int(u.metrics["rank"]),
+                                 "sparsity": u.metrics["sparsity"], "reward": r, **row})
+        m = self._round_metrics
+        m["fedspine/reward_mean"] = float(np.mean(rewards))
+        m["fedspine/cohort_sparsity"] = float(np.mean([u.metrics["sparsity"] for u in updates]))
+        m["fedspine/cohort_rank"] = float(np.mean([u.metrics["rank"] for u in updates]))
+
+    def aggregate_train(self, server_round: int, replies):
+        self._round_metrics = {}
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        m = dict(metrics or {})
+        m.update(self._round_metrics)
+        m.update(self.state_metrics())
+        self._log_bandit_state(server_round)
+        return arrays, MetricRecord(m)
+
+    # ------------------------------------------------------------------ logging and checkpoints
+    def state_metrics(self) -> dict[str, float]:
+        """Fleet-level summaries of pruning and bandit state (MLflow metrics each round)."""
+        m: dict[str, float] = {}
+        sp = [s.sparsity(self.dims, self.hidden) for s in self.structures.values()]
+        m["fedspine/fleet_mean_sparsity"] = float(np.sum(sp) / len(self.devices))
+        if self.bandits:
+            m["bandit/pulls_total"] = float(sum(b.t for b in self.bandits.values()))
+            m["bandit/cells_mean"] = float(np.mean([len(b.cells) for b in self.bandits.values()]))
+        for cls in sorted({d.class_name for d in self.devices}):
+            rows = [r for r in self.arm_log if r["class"] == cls and r["round"] == self._last_round()]
+            if rows:
+                m[f"fedspine/{cls}/ratio"] = float(np.mean([r["ratio"] for r in rows]))
+                m[f"fedspine/{cls}/rank"] = float(np.mean([r["rank"] for r in rows]))
+        return m
+
+    def _last_round(self) -> int:
+        return self.arm_log[-1]["round"] if self.arm_log else 0
+
+    def bandit_table(self) -> dict:
+        """Per device: pulls and per-cell counts and smoothed estimates (the bandit's state, readable)."""
+        out = {}
+        for idx, b in sorted(self.bandits.items()):
+            mu, n_s, _ = b.scores()
+            out[str(idx)] = {"class": self.devices[idx].class_name, "t": b.t, "best_arm": list(b.best_arm()),
+                             "cells": [{"arm": list(b.arm_of(c)), "count": c.count, "smoothed_count": float(n),
+                                        "estimate": float(e)} for c, e, n in zip(b.cells, mu, n_s)]}
+        return out
+
+    def _log_bandit_state(self, server_round: int) -> None:
+        for observer in self.observers:
+            if hasattr(observer, "log_dict") and self.bandits:
+                observer.log_dict(self.bandit_table(), f"fedspine/bandit_round{server_round:03d}.json")
+
+    def get_state(self) -> dict:
+        """JSON-serialisable strategy state: device structures, bandits and the arm log (for checkpoints)."""
+        return {
+            "structures": {str(i): {k: v.tolist() for k, v in s.to_arrays().items()}
+                           for i, s in self.structures.items()},
+            "bandits": {str(i): b.get_state() for i, b in self.bandits.items()},
+            "arm_log": list(self.arm_log),
+            "sim_time_s": self.sim_time_s,
+        }
+
+    def set_state(self, state: dict) -> None:
+        self.structures = {int(i): Structure.from_arrays({k: np.asarray(v) for k, v in s.items()}, self.dims)
+                           for i, s in state["structures"].items()}
+        self.bandits = {}
+        for i, b in state["bandits"].items():
+            self.bandit_of(self.devices[int(i)]).set_state(b)
+        self.arm_log = list(state["arm_log"])
+        self.sim_time_s = float(state["sim_time_s"])
