@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+ARM_METRIC = re.compile(r"^fedspine/[^/]+/(ratio|rank)$")  # the bandit's mean arm per device class
 
 
 @dataclass
@@ -27,7 +28,7 @@ class RunCurves:
     epsilon: dict[int, float]
     bytes_moved: float
     peak_memory_mb: dict[str, float]  # per trainer
-    arms: dict[str, dict[int, float]]  # metric -> step -> value (bandit arm choices, when a method logs them)
+    arms: dict[str, dict[int, float]]  # "<class>/ratio|rank" -> step -> mean arm (when a method logs them)
 
 
 @dataclass
@@ -55,7 +56,7 @@ def load_curves(client: MlflowClient, method: str, seed: int, run_id: str) -> Ru
         bytes_moved=sum(up.values()) + sum(down.values()),
         peak_memory_mb={k.split(".", 1)[1]: max(_history(client, run_id, k).values())
                         for k in keys if k.startswith("memory/peak_rss_mb.")},
-        arms={k: _history(client, run_id, k) for k in keys if k.startswith("arms/")},
+        arms={k.split("/", 1)[1]: _history(client, run_id, k) for k in keys if ARM_METRIC.match(k)},
     )
 
 
@@ -134,14 +135,16 @@ def _plot_arms(by_method: dict[str, list[RunCurves]], path: Path) -> bool:
     series = [(m, k, v) for m, runs in by_method.items() for c in runs[:1] for k, v in c.arms.items()]
     if not series:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (method, key, values) in enumerate(sorted(series)):
-        steps = sorted(values)
-        ax.plot(steps, [values[s] for s in steps], color=f"C{i % 10}", label=f"{method}: {key[5:]}")
-    ax.set_xlabel("round")
-    ax.set_ylabel("mean arm value")
-    ax.set_title("Bandit arm choices per device class")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, quantity in zip(axes, ("ratio", "rank")):
+        for i, (method, key, values) in enumerate(sorted(s for s in series if s[1].endswith(quantity))):
+            steps = sorted(values)
+            ax.plot(steps, [values[s] for s in steps], color=f"C{i % 10}", marker="o", markersize=3,
+                    label=f"{method}: {key.rsplit('/', 1)[0]}")
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"mean pruning ratio" if quantity == "ratio" else "mean LoRA rank")
+        ax.legend(fontsize=7)
+    fig.suptitle("Bandit arm choices per device class (first seed)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
