@@ -142,7 +142,7 @@ def _plot_arms(by_method: dict[str, list[RunCurves]], path: Path) -> bool:
             ax.plot(steps, [values[s] for s in steps], color=f"C{i % 10}", marker="o", markersize=3,
                     label=f"{method}: {key.rsplit('/', 1)[0]}")
         ax.set_xlabel("round")
-        ax.set_ylabel(f"mean pruning ratio" if quantity == "ratio" else "mean LoRA rank")
+        ax.set_ylabel("mean pruning ratio" if quantity == "ratio" else "mean LoRA rank")
         ax.legend(fontsize=7)
     fig.suptitle("Bandit arm choices per device class (first seed)")
     fig.tight_layout()
