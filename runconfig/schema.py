@@ -162,7 +162,7 @@ class CheckpointConfig:
 class FaultsConfig:
     """Testing / chaos only: faults the ClientApp injects into its own replies (docs/faults.md)."""
 
-    inject: Optional[dict[int, str]] = None  # device index -> fault kind
+    inject: Optional[dict[Any, str]] = None  # device index (int; a str after a JSON trip) -> fault kind
 
 
 @dataclass
