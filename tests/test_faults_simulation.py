@@ -20,7 +20,7 @@ from server import checkpoint as ckpt
 
 pytestmark = pytest.mark.faults
 
-ROUNDS = 3
+ROUNDS = 2
 FAULTY = [
     "federation.cohort_size=8",  # every device trains every round: the counts are exact
     *[f"fleet.classes.{c}.availability=1" for c in
@@ -135,3 +135,26 @@ def test_killed_server_resumes_to_the_same_adapter_and_metrics(reference, tmp_pa
     assert final.strategy_state["model_version"] == ref_final.strategy_state["model_version"]
     summary = (tmp_path / "second" / "summary.json").read_text()
     assert f'"rounds": {ROUNDS}' in summary
+
+
+def test_a_round_without_enough_replies_is_retried_then_skipped_never_hangs(tmp_path, fast_overrides):
+    """Every device raises: the round is retried with a fresh cohort, then skipped; the global adapter stays."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["-m", "simulations.run", "+fleet=8dev_test", f"tracking.uri={uri}", "rounds=1", "client.local_steps=1",
+            "federation.cohort_size=4", "federation.eval_cohort_size=0", "federation.min_replies=2",
+            "federation.on_short_round=retry", "federation.max_retries=1",
+            "faults.inject={0:raise,1:raise,2:raise,3:raise,4:raise,5:raise,6:raise,7:raise}",
+            *[f"fleet.classes.{c}.availability=1" for c in
+              ("jetson_tx2", "jetson_xavier_nx", "jetson_agx_xavier", "pixel_8", "oneplus_12")],
+            *fast_overrides, f"hydra.run.dir={tmp_path / 'out'}"]
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, run = only_run(uri)
+    assert run.info.status == "FINISHED"
+    rid = run.info.run_id
+    assert history(client, rid, "fleet/attempts") == [(1, 2)]
+    assert history(client, rid, "fleet/failures") == [(1, 8)]  # 4 devices per attempt
+    assert history(client, rid, "fleet/skipped_round") == [(1, 1)]
+    assert history(client, rid, "fleet/replies") == [(1, 0)]
+    loss = history(client, rid, "eval/global_loss")
+    assert loss[0][1] == loss[1][1]  # round 1 changed nothing
