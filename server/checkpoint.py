@@ -156,7 +156,10 @@ def resolve_resume(settings) -> Path | None:
 
 def _existing(path: Path, value: str) -> Path:
     if not path.is_file():
-        raise ConfigError(f"config key 'resume': the checkpoint of '{value}' is gone ({path}). Fix: start afresh")
+        raise ConfigError(
+            f"config key 'resume': no checkpoint at {path} for '{value}' (the run stopped before its first round "
+            "ended, or the file was moved). Fix: resume=<checkpoint path>, or start afresh"
+        )
     return path
 
 

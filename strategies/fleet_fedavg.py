@@ -33,10 +33,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fleet.availability import failing_devices, on_time, round_duration, selection_size
-from fleet.clock import DeviceTime, device_time
+from fleet.clock import device_time
 from fleet.devices import Device
 from fleet.memory import ModelShape, training_bytes
-from protocol.messages import ARRAYS, METRICS, NUM_EXAMPLES, Update, Work, from_array_record, to_array_record
+from protocol.messages import METRICS, NUM_EXAMPLES, Update, Work, from_array_record, to_array_record
 from protocol.messages import work_message_content
 from runconfig.schema import Settings
 from strategies import robust_aggregation
@@ -187,10 +187,15 @@ class FleetFedAvg(Strategy):
 
         Rejections (with device and reason) are kept in the round's ledger (``checked``) and counted in MLflow.
         """
-        checked = self.validator.check(server_round, self.model_version, self._global, replies,
+        checked = self.validator.check(server_round, self.model_version, self.update_reference, replies,
                                        {d.index for d in self._ledger.sent.values()})
         self._ledger.checked = checked
         return checked.accepted, len(checked.failed)
+
+    def update_reference(self, update: Update) -> dict[str, np.ndarray]:
+        """Names, shapes and dtype a device's delta must have: the global adapter's (strategies whose devices
+        train other ranks return the device's own)."""
+        return self._global
 
     def aggregate_updates(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
         """The global delta of this round (example-weighted FedAvg, or ``aggregation.rule``'s robust rule)."""

@@ -27,13 +27,13 @@ rest. Accepted updates come back sorted by device index, so aggregation does not
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Message
 
-from protocol.messages import ARRAYS, METRICS, Update
+from protocol.messages import ARRAYS, Update
 from runconfig.schema import ValidationConfig
 
 logger = logging.getLogger(__name__)
@@ -100,15 +100,12 @@ class UpdateValidator:
         self,
         server_round: int,
         model_version: int,
-        reference: Mapping[str, np.ndarray],
+        reference: Mapping[str, np.ndarray] | Callable[[Update], Mapping[str, np.ndarray]],
         replies: Iterable[Message],
         expected_devices: set[int],
     ) -> Checked:
-        """Validate replies against the global adapter the round was sent (``reference``: names, shapes, dtypes).
-
-        Strategies whose updates legitimately differ in shape (heterogeneous ranks) pass their own
-        ``reference`` per device by overriding :meth:`reference_for`.
-        """
+        """Validate replies against ``reference`` (names, shapes, dtype): the global adapter the round was sent,
+        or a function giving each update its own (strategies whose devices train different ranks)."""
         out = Checked()
         parsed: list[tuple[Update, int]] = []
         limit = self.cfg.max_message_mb * 2**20
@@ -132,7 +129,8 @@ class UpdateValidator:
             elif update.device_index not in expected_devices:
                 verdict = ("unknown_device", "no work was sent to this device this round")
             else:
-                verdict = _structure_problem(update.delta, self.reference_for(update, reference))
+                expected = reference(update) if callable(reference) else reference
+                verdict = _structure_problem(update.delta, expected)
                 if verdict is None and update.num_examples <= 0:
                     verdict = ("examples", f"num-examples = {update.num_examples}")
                 if verdict is None and self.cfg.max_update_norm is not None:
@@ -151,9 +149,6 @@ class UpdateValidator:
             logger.warning("round %d: rejected the update of device %d (%s): %s", server_round, v.device_index,
                            v.reason, v.detail)
         return out
-
-    def reference_for(self, update: Update, reference: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        return reference
 
     def _drop_norm_outliers(self, parsed: list[tuple[Update, int]], out: Checked) -> list[tuple[Update, int]]:
         """Norms far above the others' median (needs two or more updates; with two, the larger is judged)."""
