@@ -209,6 +209,29 @@ def test_resume_names_what_is_missing(tmp_path):
     assert ckpt.resolve_resume(compose(["+fleet=8dev_test"])) is None
 
 
+def test_resume_finds_the_checkpoint_by_path_run_id_or_latest_unfinished_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    path = tmp_path / "out" / "checkpoint" / ckpt.FILENAME
+    ckpt.save(path, make_checkpoint(2))
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("edgefleet")).info.run_id
+    client.set_tag(run_id, ckpt.RUN_TAG, str(path))
+
+    def resolve(value):
+        return ckpt.resolve_resume(compose(["+fleet=8dev_test", f"resume={value}", f"tracking.uri={uri}"]))
+
+    assert resolve(tmp_path / "out") == path and resolve(path) == path
+    assert resolve(run_id) == path and resolve("true") == path
+    client.set_terminated(run_id)  # a finished run is no longer "the one to resume"...
+    with pytest.raises(ConfigError, match="no unfinished run"):
+        resolve("true")
+    assert resolve(run_id) == path  # ...but it can be extended by its id
+    with pytest.raises(ConfigError, match="neither a checkpoint path nor an MLflow run id"):
+        resolve("0123abcd")
+
+
 # ------------------------------------------------------------------ config validation
 @pytest.mark.parametrize(
     "overrides, key",
