@@ -135,6 +135,8 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
         peft_model.save_pretrained(str(adapter_dir))
         tracker.log_dir(adapter_dir, "adapter")
     tracker.log_dict(summary, "summary.json")
+    if strategy.fault_log:
+        tracker.log_dict({"events": strategy.fault_log}, "faults.json")
     tracker.finish()
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)

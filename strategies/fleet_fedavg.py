@@ -91,6 +91,7 @@ class FleetFedAvg(Strategy):
         self.model_version = 0  # global adapters produced so far (work carries it; stale replies are rejected)
         self.attempt = 0  # retry of the current round (0: first try)
         self.round_end_hooks: list[Callable[[int, dict[str, np.ndarray], dict[str, float]], None]] = []
+        self.fault_log: list[dict] = []  # every failed, rejected or late device with its reason (MLflow faults.json)
 
     # ------------------------------------------------------------------ fleet
     def discover(self, grid: Grid, timeout: float) -> None:
@@ -188,7 +189,7 @@ class FleetFedAvg(Strategy):
         Rejections (with device and reason) are kept in the round's ledger (``checked``) and counted in MLflow.
         """
         checked = self.validator.check(server_round, self.model_version, self.update_reference, replies,
-                                       {d.index for d in self._ledger.sent.values()})
+                                       {node: d.index for node, d in self._ledger.sent.items()})
         self._ledger.checked = checked
         return checked.accepted, len(checked.failed)
 
@@ -219,6 +220,7 @@ class FleetFedAvg(Strategy):
             logger.warning("round %d: device %d is late (%.1f s > deadline %s s)", server_round,
                            update.device_index, t.total_s, fed.deadline_s)
         failures = failed + len(ledger.failing)
+        self._log_faults(server_round, ledger, late)
         sim_round = round_duration([t.total_s for _, _, t in kept], fed.deadline_s, failures + len(late))
         self.sim_time_s += sim_round
         metrics = {
@@ -248,6 +250,14 @@ class FleetFedAvg(Strategy):
             "memory/peak_rss_mb": max(u.metrics.get("peak_rss_mb", 0.0) for u in updates),
         })
         return to_array_record(new_global), MetricRecord(metrics)
+
+    def _log_faults(self, server_round: int, ledger: RoundLedger, late: list) -> None:
+        rows = [(d, "failed", "mid_training", "failure_rate draw") for d in sorted(ledger.failing)]
+        rows += [(v.device_index, "failed", v.reason, v.detail) for v in ledger.checked.failed]
+        rows += [(v.device_index, "rejected", v.reason, v.detail) for v in ledger.checked.rejected]
+        rows += [(u.device_index, "late", "deadline", f"{t.total_s:.3g} s") for u, _, t in late]
+        self.fault_log += [{"round": server_round, "attempt": self.attempt, "device": d, "outcome": o, "reason": r,
+                            "detail": detail[:300]} for d, o, r, detail in rows]
 
     def train_round(
         self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord, timeout: float
@@ -280,11 +290,12 @@ class FleetFedAvg(Strategy):
     def get_state(self) -> dict:
         """What the strategy must carry across a resume (checkpointed after every round). Subclasses add
         their own keys (bandit statistics, privacy accountant) with ``{**super().get_state(), ...}``."""
-        return {"sim_time_s": self.sim_time_s, "model_version": self.model_version}
+        return {"sim_time_s": self.sim_time_s, "model_version": self.model_version, "fault_log": list(self.fault_log)}
 
     def set_state(self, state: dict) -> None:
         self.sim_time_s = float(state["sim_time_s"])
         self.model_version = int(state["model_version"])
+        self.fault_log = list(state.get("fault_log", []))
 
     # ----------------------------------------------------------- evaluation
     def configure_evaluate(

@@ -9,7 +9,7 @@ reason                rule
 ``oversize``          the reply's records exceed ``validation.max_message_mb``
 ``stale_round``       the update answers another round than the one being aggregated
 ``stale_version``     the update was computed from another global model version
-``unknown_device``    the device index is not one this round's message was sent to
+``unknown_device``    the device index is not the one its node was sent work as, this round
 ``keys``              the delta's tensor names differ from the global adapter's
 ``shapes``            a tensor's shape differs from the global adapter's
 ``dtype``             a tensor is not the global adapter's floating type
@@ -102,32 +102,35 @@ class UpdateValidator:
         model_version: int,
         reference: Mapping[str, np.ndarray] | Callable[[Update], Mapping[str, np.ndarray]],
         replies: Iterable[Message],
-        expected_devices: set[int],
+        device_of_node: Mapping[int, int],
     ) -> Checked:
         """Validate replies against ``reference`` (names, shapes, dtype): the global adapter the round was sent,
-        or a function giving each update its own (strategies whose devices train different ranks)."""
+        or a function giving each update its own (strategies whose devices train different ranks).
+        ``device_of_node``: the device each node was sent work as, this round."""
         out = Checked()
         parsed: list[tuple[Update, int]] = []
         limit = self.cfg.max_message_mb * 2**20
         for msg in replies:
+            sender = device_of_node.get(msg.metadata.src_node_id, -1)
             if msg.has_error():
-                out.failed.append(Verdict(-1, "error", msg.error.reason))
+                out.failed.append(Verdict(sender, "error", msg.error.reason))
                 continue
             try:
                 update = Update.from_message(msg)
             except (KeyError, ValueError, TypeError) as err:
-                out.failed.append(Verdict(-1, "unreadable", f"{type(err).__name__}: {err}"))
+                out.failed.append(Verdict(sender, "unreadable", f"{type(err).__name__}: {err}"))
                 continue
             size = message_bytes(msg)
             verdict = None
             if size > limit:
-                verdict = ("oversize", f"{size / 2**20:.1f} MiB > {self.cfg.max_message_mb} MiB")
+                verdict = ("oversize", f"{size / 2**20:.3g} MiB > {self.cfg.max_message_mb:g} MiB")
             elif update.server_round != server_round:
                 verdict = ("stale_round", f"answers round {update.server_round}, not {server_round}")
             elif update.model_version not in (-1, model_version):  # -1: a client that does not report it
                 verdict = ("stale_version", f"trained on version {update.model_version}, not {model_version}")
-            elif update.device_index not in expected_devices:
-                verdict = ("unknown_device", "no work was sent to this device this round")
+            elif update.device_index != sender:
+                verdict = ("unknown_device", f"claims device {update.device_index}; its node was sent work as "
+                           f"device {sender} this round (-1: none)")
             else:
                 expected = reference(update) if callable(reference) else reference
                 verdict = _structure_problem(update.delta, expected)
@@ -137,14 +140,14 @@ class UpdateValidator:
                     norm = delta_norm(update.delta)
                     if norm > self.cfg.max_update_norm:
                         verdict = ("norm", f"L2 norm {norm:.3g} > bound {self.cfg.max_update_norm:g}")
-            if verdict is not None:
-                out.rejected.append(Verdict(update.device_index, *verdict))
+            if verdict is not None:  # named by the node's device where known (a liar is named by its node)
+                out.rejected.append(Verdict(sender if sender >= 0 else update.device_index, *verdict))
             else:
                 parsed.append((update, msg.content[ARRAYS].count_bytes()))
         parsed = self._drop_norm_outliers(parsed, out)
         out.accepted = sorted(parsed, key=lambda pair: pair[0].device_index)
         for v in out.failed:
-            logger.warning("round %d: a device failed (%s): %s", server_round, v.reason, v.detail)
+            logger.warning("round %d: device %d failed (%s): %s", server_round, v.device_index, v.reason, v.detail)
         for v in out.rejected:
             logger.warning("round %d: rejected the update of device %d (%s): %s", server_round, v.device_index,
                            v.reason, v.detail)

@@ -68,10 +68,18 @@ def test_failures_follow_each_class_rate_and_the_seed():
 GLOBAL = {"a.lora_A": np.zeros((2, 3), np.float32), "a.lora_B": np.zeros((3, 2), np.float32)}
 
 
-def reply(device, delta, server_round=3, version=5, examples=10):
-    update = Update(device_index=device, server_round=server_round, delta=delta, num_examples=examples,
-                    metrics={"compute_s": 1.0}, model_version=version)
-    return Message(update.to_content(), dst_node_id=device + 100, message_type=MessageType.TRAIN)
+def node(device):
+    return device + 100
+
+
+def sent_to(device):
+    return Message(RecordDict(), dst_node_id=node(device), message_type=MessageType.TRAIN)
+
+
+def reply(device, delta, server_round=3, version=5, examples=10, claims=None):
+    update = Update(device_index=device if claims is None else claims, server_round=server_round, delta=delta,
+                    num_examples=examples, metrics={"compute_s": 1.0}, model_version=version)
+    return Message(update.to_content(), reply_to=sent_to(device))
 
 
 def good(scale=1.0, seed=0):
@@ -96,22 +104,25 @@ def test_every_rule_rejects_with_device_and_reason():
         reply(10, good(scale=1e5)),  # over the absolute bound
         reply(11, {**good(), "pad": np.zeros(8192, np.float32)}),
         reply(12, good(), examples=0),
-        reply(42, good()),
-        Message(Error(code=1, reason="boom"), reply_to=Message(RecordDict(), dst_node_id=1, message_type="train")),
+        reply(13, good(), claims=0),  # a node speaking for another device
+        reply(42, good()),  # a node that was sent no work
+        Message(Error(code=1, reason="boom"), reply_to=sent_to(14)),
     ]
-    checked = validator.check(3, 5, GLOBAL, replies, expected_devices=set(range(13)))
+    checked = validator.check(3, 5, GLOBAL, replies, {node(i): i for i in range(15)})
     assert [u.device_index for u, _ in checked.accepted] == [0, 1, 2]
     reasons = {v.device_index: v.reason for v in checked.rejected}
     assert reasons == {3: "nonfinite", 4: "shapes", 5: "keys", 6: "dtype", 7: "stale_round", 8: "stale_version",
-                       9: "norm_outlier", 10: "norm", 11: "oversize", 12: "examples", 42: "unknown_device"}
-    assert [v.detail for v in checked.failed] == ["boom"]
+                       9: "norm_outlier", 10: "norm", 11: "oversize", 12: "examples", 13: "unknown_device",
+                       42: "unknown_device"}
+    assert [(v.device_index, v.detail) for v in checked.failed] == [(14, "boom")]
     counts = checked.counts()
-    assert counts["fleet/rejected"] == 11 and counts["fleet/failures"] == 1 and counts["fleet/rejected/norm"] == 1
+    assert counts["fleet/rejected"] == 12 and counts["fleet/failures"] == 1 and counts["fleet/rejected/norm"] == 1
 
 
 def test_accepted_updates_are_in_device_order_whatever_the_arrival():
     validator = UpdateValidator(ValidationConfig(max_message_mb=64))
-    checked = validator.check(3, 5, GLOBAL, [reply(2, good()), reply(0, good()), reply(1, good())], {0, 1, 2})
+    checked = validator.check(3, 5, GLOBAL, [reply(2, good()), reply(0, good()), reply(1, good())],
+                              {node(i): i for i in range(3)})
     assert [u.device_index for u, _ in checked.accepted] == [0, 1, 2]
 
 

@@ -5,11 +5,13 @@ late one; then the same run SIGKILLed after its first checkpoint and resumed: th
 the same adapter and the same metrics, in the same MLflow run.
 """
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,6 +85,12 @@ def test_faulty_devices_are_rejected_counted_and_the_run_completes(reference):
     assert np.all(np.isfinite(loss)) and loss[-1] < loss[0]  # the good updates still trained the model
     sim = [v for _, v in history(client, rid, "clock/sim_round_s")]
     assert sim == [60.0] * ROUNDS  # a reply was missing every round: the server waited for the deadline
+    events = json.loads(Path(client.download_artifacts(rid, "faults.json", str(workdir))).read_text())["events"]
+    assert {(e["round"], e["device"], e["outcome"], e["reason"]) for e in events} == {
+        (r, d, outcome, reason) for r in steps for d, outcome, reason in [
+            (0, "failed", "error"), (1, "rejected", "nonfinite"), (2, "rejected", "shapes"),
+            (3, "rejected", "norm_outlier"), (4, "rejected", "stale_round"), (5, "late", "deadline")]
+    }
     state = ckpt.load(workdir / "out" / "checkpoint" / ckpt.FILENAME)
     assert state.server_round == ROUNDS and state.strategy_state["model_version"] == ROUNDS
     assert state.mlflow_run_id == rid
