@@ -15,6 +15,7 @@ reason                rule
 ``dtype``             a tensor is not the global adapter's floating type
 ``nonfinite``         a tensor holds NaN or Inf
 ``examples``          ``num-examples`` is not positive
+``metrics``           ``compute_s``, ``host_gflops`` or ``train_loss`` is missing, not finite, or negative
 ``norm``              the delta's L2 norm exceeds ``validation.max_update_norm``
 ``norm_outlier``      the norm exceeds ``norm_outlier_factor`` x the median norm of the other deltas
 ====================  ==========================================================================
@@ -40,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 REASONS = (
     "oversize", "stale_round", "stale_version", "unknown_device", "keys", "shapes", "dtype", "nonfinite",
-    "examples", "norm", "norm_outlier",
+    "examples", "metrics", "norm", "norm_outlier",
 )
+REQUIRED_METRICS = ("compute_s", "host_gflops", "train_loss")  # the simulated clock and train/loss read them
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,14 @@ def _structure_problem(delta: Mapping[str, np.ndarray], reference: Mapping[str, 
     return None
 
 
+def _metrics_problem(metrics: Mapping[str, float]) -> tuple[str, str] | None:
+    for key in REQUIRED_METRICS:
+        value = metrics.get(key)
+        if value is None or not np.isfinite(value) or value < 0 or (key == "host_gflops" and value == 0):
+            return "metrics", f"{key} = {value}"
+    return None
+
+
 class UpdateValidator:
     def __init__(self, cfg: ValidationConfig) -> None:
         self.cfg = cfg
@@ -136,6 +146,8 @@ class UpdateValidator:
                 verdict = _structure_problem(update.delta, expected)
                 if verdict is None and update.num_examples <= 0:
                     verdict = ("examples", f"num-examples = {update.num_examples}")
+                if verdict is None:
+                    verdict = _metrics_problem(update.metrics)
                 if verdict is None and self.cfg.max_update_norm is not None:
                     norm = delta_norm(update.delta)
                     if norm > self.cfg.max_update_norm:

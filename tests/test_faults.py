@@ -76,9 +76,10 @@ def sent_to(device):
     return Message(RecordDict(), dst_node_id=node(device), message_type=MessageType.TRAIN)
 
 
-def reply(device, delta, server_round=3, version=5, examples=10, claims=None):
+def reply(device, delta, server_round=3, version=5, examples=10, claims=None, **metrics):
     update = Update(device_index=device if claims is None else claims, server_round=server_round, delta=delta,
-                    num_examples=examples, metrics={"compute_s": 1.0}, model_version=version)
+                    num_examples=examples, model_version=version,
+                    metrics={"compute_s": 1.0, "host_gflops": 50.0, "train_loss": 3.0, **metrics})
     return Message(update.to_content(), reply_to=sent_to(device))
 
 
@@ -105,18 +106,19 @@ def test_every_rule_rejects_with_device_and_reason():
         reply(11, {**good(), "pad": np.zeros(8192, np.float32)}),
         reply(12, good(), examples=0),
         reply(13, good(), claims=0),  # a node speaking for another device
+        reply(15, good(), compute_s=float("nan")),
         reply(42, good()),  # a node that was sent no work
         Message(Error(code=1, reason="boom"), reply_to=sent_to(14)),
     ]
-    checked = validator.check(3, 5, GLOBAL, replies, {node(i): i for i in range(15)})
+    checked = validator.check(3, 5, GLOBAL, replies, {node(i): i for i in range(16)})
     assert [u.device_index for u, _ in checked.accepted] == [0, 1, 2]
     reasons = {v.device_index: v.reason for v in checked.rejected}
     assert reasons == {3: "nonfinite", 4: "shapes", 5: "keys", 6: "dtype", 7: "stale_round", 8: "stale_version",
                        9: "norm_outlier", 10: "norm", 11: "oversize", 12: "examples", 13: "unknown_device",
-                       42: "unknown_device"}
+                       15: "metrics", 42: "unknown_device"}
     assert [(v.device_index, v.detail) for v in checked.failed] == [(14, "boom")]
     counts = checked.counts()
-    assert counts["fleet/rejected"] == 12 and counts["fleet/failures"] == 1 and counts["fleet/rejected/norm"] == 1
+    assert counts["fleet/rejected"] == 13 and counts["fleet/failures"] == 1 and counts["fleet/rejected/norm"] == 1
 
 
 def test_accepted_updates_are_in_device_order_whatever_the_arrival():
