@@ -121,7 +121,7 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
             num_rounds=settings.rounds,
             timeout=settings.federation.round_timeout_s,
             evaluate_fn=evaluator,
-            first_round=first_round,
+            **({"first_round": first_round} if first_round > 1 else {}),  # strategies overriding start() may lack it
         )
     except BaseException:
         tracker.finish("FAILED")

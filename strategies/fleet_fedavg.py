@@ -189,9 +189,13 @@ class FleetFedAvg(Strategy):
         Rejections (with device and reason) are kept in the round's ledger (``checked``) and counted in MLflow.
         """
         checked = self.validator.check(server_round, self.model_version, self.update_reference, replies,
-                                       {node: d.index for node, d in self._ledger.sent.items()})
+                                       {node: d.index for node, d in self._ledger.sent.items()}, self.parse_update)
         self._ledger.checked = checked
         return checked.accepted, len(checked.failed)
+
+    def parse_update(self, msg: Message) -> Update:
+        """A reply as an Update (subclasses expand compressed uploads here, before validation)."""
+        return Update.from_message(msg)
 
     def update_reference(self, update: Update) -> dict[str, np.ndarray]:
         """Names, shapes and dtype a device's delta must have: the global adapter's (strategies whose devices

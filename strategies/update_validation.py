@@ -113,10 +113,12 @@ class UpdateValidator:
         reference: Mapping[str, np.ndarray] | Callable[[Update], Mapping[str, np.ndarray]],
         replies: Iterable[Message],
         device_of_node: Mapping[int, int],
+        parse: Callable[[Message], Update] = Update.from_message,
     ) -> Checked:
         """Validate replies against ``reference`` (names, shapes, dtype): the global adapter the round was sent,
         or a function giving each update its own (strategies whose devices train different ranks).
-        ``device_of_node``: the device each node was sent work as, this round."""
+        ``device_of_node``: the device each node was sent work as, this round. ``parse`` turns a reply into an
+        Update (a strategy may expand compressed uploads there; the size rule sees the wire size)."""
         out = Checked()
         parsed: list[tuple[Update, int]] = []
         limit = self.cfg.max_message_mb * 2**20
@@ -126,7 +128,7 @@ class UpdateValidator:
                 out.failed.append(Verdict(sender, "error", msg.error.reason))
                 continue
             try:
-                update = Update.from_message(msg)
+                update = parse(msg)
             except (KeyError, ValueError, TypeError) as err:
                 out.failed.append(Verdict(sender, "unreadable", f"{type(err).__name__}: {err}"))
                 continue
