@@ -141,8 +141,10 @@ class FleetFedAvg(Strategy):
         )
 
     def select(self, server_round: int, size: int, purpose: str, trainable_params: int) -> tuple[list[Device], RoundLedger]:
-        """Seeded cohort: online devices (per-class availability) whose memory fits the work."""
-        rng = np.random.default_rng(seeded(self.settings.seed, server_round, purpose))
+        """Seeded cohort: online devices (per-class availability) whose memory fits the work (a retry of the
+        round, ``self.attempt`` > 0, draws afresh)."""
+        parts = (self.settings.seed, server_round, purpose) + ((self.attempt,) if self.attempt else ())
+        rng = np.random.default_rng(seeded(*parts))
         ledger = RoundLedger()
         candidates = []
         for device in self.devices:
@@ -164,9 +166,8 @@ class FleetFedAvg(Strategy):
         self._global = from_array_record(arrays)
         trainable = sum(v.size for v in self._global.values())
         fed = self.settings.federation
-        purpose = "train" if self.attempt == 0 else f"train-retry{self.attempt}"
         size = selection_size(fed.cohort_size, fed.over_selection)
-        cohort, ledger = self.select(server_round, size, purpose, trainable)
+        cohort, ledger = self.select(server_round, size, "train", trainable)
         ledger.bytes_down_each = arrays.count_bytes()
         # devices that will fail mid-training are not run: their reply would never arrive
         ledger.failing = failing_devices(cohort, seeded(self.settings.seed, server_round, self.attempt, "failure"))
