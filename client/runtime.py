@@ -34,17 +34,21 @@ class ClientRuntime:
     settings: Settings
     corpus: Corpus
     devices: list[Device]
-    client_of_device: list[int]
+    clients_of_device: list[list[int]]
     base_model: torch.nn.Module
     _adapters: dict = field(default_factory=dict)
 
     def device_data(self, device_index: int) -> DeviceData:
-        client = self.client_of_device[device_index]
+        """The device's roles, each cut into its own windows (no window straddles two roles)."""
         pad = self.corpus.tokenizer.pad_token_id
         seq_len = self.settings.data.seq_len
-        tr_x, tr_y = windows(self.corpus.client_train_ids(client), seq_len, pad)
-        te_x, te_y = windows(self.corpus.client_test_ids(client), seq_len, pad)
-        return DeviceData(tr_x, tr_y, te_x, te_y)
+        clients = self.clients_of_device[device_index]
+        train = [windows(self.corpus.client_train_ids(c), seq_len, pad) for c in clients]
+        test = [windows(self.corpus.client_test_ids(c), seq_len, pad) for c in clients]
+        return DeviceData(
+            torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]),
+            torch.cat([x for x, _ in test]), torch.cat([y for _, y in test]),
+        )
 
     def adapter_model(self, rank: int):
         """The base model wrapped with a LoRA adapter of this rank (PEFT wraps in place: one live at a time)."""
@@ -66,7 +70,9 @@ def _runtime(settings_json: str) -> ClientRuntime:
         settings=settings,
         corpus=corpus,
         devices=devices,
-        client_of_device=assign_clients(len(devices), corpus.num_clients, settings.seed),
+        clients_of_device=assign_clients(
+            len(devices), corpus.num_clients, settings.seed, settings.data.roles_per_device
+        ),
         base_model=load_base_model(folder),
     )
 

@@ -67,6 +67,7 @@ class DataConfig:
     public_texts: list[str] = field(default_factory=list)
     test_plays: list[str] = field(default_factory=list)
     min_lines: int = 8
+    roles_per_device: Optional[int] = None  # None: deal every client (role) out across the devices
     test_fraction: float = 0.2
     vocab_size: int = 2048
     seq_len: int = 64
@@ -130,6 +131,7 @@ class TrackingConfig:
     uri: str = MISSING
     experiment: str = "edgefleet"
     run_name: Optional[str] = None
+    parent_run_id: Optional[str] = None  # set by simulations.compare: the comparison's parent run
     log_adapter: bool = True
 
 

@@ -12,9 +12,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from models.base_checkpoint import load_base_model
-from models.lora import attach_lora, load_adapter_arrays
+from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
 from protocol.messages import from_array_record, to_array_record
-from models.lora import adapter_arrays
 from runconfig.load import to_plain
 from runconfig.schema import Settings
 from server import checkpoint as ckpt

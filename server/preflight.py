@@ -50,7 +50,7 @@ def prepare(settings: Settings, show_progress: bool = True) -> Prepared:
     folder = ensure_base_checkpoint(settings, corpus, show_progress=show_progress)
     devices = build_fleet(settings.fleet, settings.seed)
     try:
-        assign_clients(len(devices), corpus.num_clients, settings.seed)
+        assign_clients(len(devices), corpus.num_clients, settings.seed, settings.data.roles_per_device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     shape = ModelShape.of(load_base_model(folder))

@@ -36,8 +36,15 @@ from fleet.availability import failing_devices, on_time, round_duration, selecti
 from fleet.clock import device_time
 from fleet.devices import Device
 from fleet.memory import ModelShape, training_bytes
-from protocol.messages import METRICS, NUM_EXAMPLES, Update, Work, from_array_record, to_array_record
-from protocol.messages import work_message_content
+from protocol.messages import (
+    METRICS,
+    NUM_EXAMPLES,
+    Update,
+    Work,
+    from_array_record,
+    to_array_record,
+    work_message_content,
+)
 from runconfig.schema import Settings
 from strategies import robust_aggregation
 from strategies.aggregation import apply_delta
@@ -254,6 +261,10 @@ class FleetFedAvg(Strategy):
             "timing/client_compute_s": sum(u.metrics["compute_s"] for u in updates),
             "memory/peak_rss_mb": max(u.metrics.get("peak_rss_mb", 0.0) for u in updates),
         })
+        for trainer in {self.trainer_for(self.devices[u.device_index]) for u in updates}:
+            mine = [u for u in updates if self.trainer_for(self.devices[u.device_index]) == trainer]
+            metrics[f"memory/peak_rss_mb.{trainer}"] = max(u.metrics.get("peak_rss_mb", 0.0) for u in mine)
+            metrics[f"train/loss.{trainer}"] = float(np.mean([u.metrics["train_loss"] for u in mine]))
         return to_array_record(new_global), MetricRecord(metrics)
 
     def _log_faults(self, server_round: int, ledger: RoundLedger, late: list) -> None:

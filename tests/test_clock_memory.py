@@ -33,7 +33,7 @@ def test_backprop_needs_more_memory_than_forward_only_and_grows_with_batch():
 
 @pytest.mark.parametrize("size", [1, 7, 80, 161, 1000])
 def test_fleet_size_override_keeps_every_device(size):
-    s = compose([f"+fleet=80dev", f"fleet.size={size}", "federation.cohort_size=1", "federation.eval_cohort_size=1"])
+    s = compose(["+fleet=80dev", f"fleet.size={size}", "federation.cohort_size=1", "federation.eval_cohort_size=1"])
     counts = class_counts(s.fleet)
     assert sum(counts.values()) == size
     devices = build_fleet(s.fleet, seed=0)

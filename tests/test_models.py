@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from peft import PeftModel
 
 from models.architectures import ARCHITECTURES, build_config, build_model
 from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus

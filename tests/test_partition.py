@@ -19,16 +19,25 @@ def test_windows_of_empty_stream_is_one_padded_window():
     assert x.shape == (1, 4) and (y == -100).all()
 
 
-def test_assign_clients_distinct_and_seeded():
+def test_assign_clients_deals_every_role_out_once():
     a = assign_clients(80, 700, seed=3)
-    assert len(set(a)) == 80 and all(0 <= i < 700 for i in a)
+    flat = [c for dev in a for c in dev]
+    assert sorted(flat) == list(range(700))  # every role on exactly one device
+    assert {len(dev) for dev in a} == {8, 9}
     assert a == assign_clients(80, 700, seed=3)
     assert a != assign_clients(80, 700, seed=4)
+
+
+def test_assign_clients_fixed_number_per_device():
+    a = assign_clients(100, 700, seed=0, per_device=1)
+    assert all(len(dev) == 1 for dev in a) and len({dev[0] for dev in a}) == 100
 
 
 def test_assign_clients_needs_enough_clients():
     with pytest.raises(ValueError, match="lower data.min_lines"):
         assign_clients(81, 80, seed=0)
+    with pytest.raises(ValueError, match="roles_per_device"):
+        assign_clients(40, 80, seed=0, per_device=3)
 
 
 def test_batches_sweep_every_window_before_repeating():

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from textdata import shakespeare
-from textdata.corpus import _split_speeches, shakespeare_corpus
+from textdata.corpus import split_records, shakespeare_corpus
 from runconfig.schema import DataConfig
 import random
 
@@ -62,9 +62,9 @@ def test_real_package_one_edition_per_play():
     assert "HOR" in hamlet and "KING" in hamlet
 
 
-def test_split_speeches_is_disjoint_and_complete():
+def testsplit_records_is_disjoint_and_complete():
     speeches = [f"line {i}" for i in range(20)]
-    train, test = _split_speeches(speeches, 0.2, random.Random(0))
+    train, test = split_records(speeches, 0.2, random.Random(0))
     train_set, test_set = set(train.split("\n\n")), set(test.split("\n\n"))
     assert not train_set & test_set
     assert train_set | test_set == set(speeches)

@@ -59,7 +59,8 @@ class Corpus:
         return self._test[index]
 
 
-def _split_speeches(speeches: list[str], test_fraction: float, rng: random.Random) -> tuple[str, str]:
+def split_records(speeches: list[str], test_fraction: float, rng: random.Random) -> tuple[str, str]:
+    """A seeded split of one client's records (speeches) into train and test text; test is never empty."""
     order = list(range(len(speeches)))
     rng.shuffle(order)
     n_test = max(1, round(len(speeches) * test_fraction)) if len(speeches) > 1 else 0
@@ -89,7 +90,7 @@ def shakespeare_corpus(cfg: DataConfig, seed: int) -> RawCorpus:
         for role in shakespeare.parse_play(texts[name]):
             if role.num_lines < cfg.min_lines:
                 continue
-            train, test = _split_speeches(role.speeches, cfg.test_fraction, rng)
+            train, test = split_records(role.speeches, cfg.test_fraction, rng)
             clients.append(ClientText(role.key, train, test))
     return RawCorpus(public=public, global_test="\n\n".join(test_parts), clients=clients)
 
@@ -158,13 +159,21 @@ def windows(ids: torch.Tensor, seq_len: int, pad_id: int) -> tuple[torch.Tensor,
     return inputs.view(n, seq_len), labels.view(n, seq_len)
 
 
-def assign_clients(num_devices: int, num_clients: int, seed: int) -> list[int]:
-    """Device i trains on natural client ``assign_clients(...)[i]``: a seeded draw without replacement."""
-    if num_devices > num_clients:
+def assign_clients(num_devices: int, num_clients: int, seed: int, per_device: int | None = None) -> list[list[int]]:
+    """The natural clients (roles) each device holds: a seeded draw without replacement.
+
+    ``per_device=None`` deals every client out, round-robin over a seeded shuffle (devices hold
+    ``num_clients // num_devices`` or one more); an integer gives each device exactly that many.
+    """
+    need = num_devices * (per_device or 1)
+    if need > num_clients:
         raise ValueError(
-            f"the fleet has {num_devices} devices but the data has only {num_clients} clients; "
-            "fix: lower data.min_lines, hold out fewer plays (data.public_texts, data.test_plays) or use a smaller fleet"
+            f"the fleet needs {need} natural clients ({num_devices} devices x {per_device or 1}) but the data has "
+            f"only {num_clients}; fix: lower data.min_lines or data.roles_per_device, hold out fewer plays "
+            "(data.public_texts, data.test_plays) or use a smaller fleet"
         )
     order = list(range(num_clients))
     random.Random(seed).shuffle(order)
-    return order[:num_devices]
+    if per_device is not None:
+        return [order[i * per_device : (i + 1) * per_device] for i in range(num_devices)]
+    return [order[i::num_devices] for i in range(num_devices)]
