@@ -13,10 +13,12 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.faults import before_training, corrupt, injected_kind
+from client.device_detect import detect_host, device_class_of, trainer_of
 from client.runtime import get_runtime, host_gflops
 from client.trainers import get_trainer
 from models.evaluation import evaluate_lm
 from models.lora import load_adapter_arrays
+from privacy.client_side import privatize_update
 from protocol.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, Update, Work, from_array_record
 
 
@@ -31,7 +33,8 @@ def _peak_rss_mb() -> float:
 def handle_query(plain_settings: dict, msg: Message, context: Context) -> Message:
     """Tell the server which device of the fleet this node is."""
     index = _device_index(context)
-    metrics = MetricRecord({"device-index": index, "host-gflops": host_gflops()})
+    device_class_of(context.node_config, plain_settings["fleet"]["classes"], "")  # a wrong class fails here, early
+    metrics = MetricRecord({"device-index": index, "host-gflops": host_gflops(), **detect_host().metrics()})
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
 
@@ -41,10 +44,19 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
     fault = injected_kind(plain_settings, work.device_index)  # testing / chaos only (faults.inject)
     before_training(fault, work.device_index)
     received = from_array_record(msg.content[ARRAYS])
-    model = runtime.adapter_model(work.rank)
+    s = runtime.settings  # the node may name its own class or trainer (--node-config); see client/device_detect.py
+    trainer = get_trainer(trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
+                                     runtime.devices[work.device_index].class_name, work.trainer))
+    # A trainer may bring its own model (ZeroQAT: a quantized base); otherwise the runtime's float one.
+    model = trainer.model_for(runtime, work) if hasattr(trainer, "model_for") else runtime.adapter_model(work.rank)
     load_adapter_arrays(model, received)
-    result = get_trainer(work.trainer).train(model, runtime.device_data(work.device_index), work)
-    delta = {k: result.adapter[k] - received[k] for k in received}
+    with runtime.autocast():
+        result = trainer.train(model, runtime.device_data(work.device_index).to_model(model), work)
+    if result.upload is not None:  # ZeroQAT seed upload: (seeds, projected gradients), replayed by the server
+        delta = result.upload
+    else:
+        delta = {k: result.adapter[k] - received[k] for k in received}
+        delta = privatize_update(delta, work)  # clip + local noise when the server asks (privacy.noise_placement=client)
     update = Update(
         device_index=work.device_index,
         server_round=work.server_round,
@@ -61,10 +73,11 @@ def handle_evaluate(plain_settings: dict, msg: Message, context: Context) -> Mes
     work = Work.from_config(msg.content[CONFIG])
     model = runtime.adapter_model(work.rank)
     load_adapter_arrays(model, from_array_record(msg.content[ARRAYS]))
-    data = runtime.device_data(work.device_index)
+    data = runtime.device_data(work.device_index).to_model(model)
     n = runtime.settings.client.eval_batches * work.batch_size
     start = time.perf_counter()
-    score = evaluate_lm(model, data.test_inputs[:n], data.test_labels[:n], batch_size=work.batch_size)
+    with runtime.autocast():
+        score = evaluate_lm(model, data.test_inputs[:n], data.test_labels[:n], batch_size=work.batch_size)
     metrics = {
         NUM_EXAMPLES: score.tokens,
         "device-index": work.device_index,

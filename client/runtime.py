@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import torch
 
+from client.device_detect import autocast, select_device
 from fleet.devices import Device, build_fleet
 from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
 from models.lora import attach_lora
@@ -28,6 +29,12 @@ class DeviceData:
     test_inputs: torch.Tensor
     test_labels: torch.Tensor
 
+    def to_model(self, model: torch.nn.Module) -> DeviceData:
+        """The same data on the model's device (the GPU for the runtime's model, the CPU for a trainer's own)."""
+        device = next(model.parameters()).device
+        return DeviceData(*(t.to(device) for t in (self.train_inputs, self.train_labels, self.test_inputs,
+                                                   self.test_labels)))
+
 
 @dataclass
 class ClientRuntime:
@@ -36,7 +43,12 @@ class ClientRuntime:
     devices: list[Device]
     clients_of_device: list[list[int]]
     base_model: torch.nn.Module
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the model and data live
     _adapters: dict = field(default_factory=dict)
+
+    def autocast(self):
+        """Mixed precision for this device (``client.precision``), or a no-op on fp32 devices."""
+        return autocast(self.device, self.settings.client.precision)
 
     def device_data(self, device_index: int) -> DeviceData:
         """The device's roles, each cut into its own windows (no window straddles two roles)."""
@@ -66,6 +78,7 @@ def _runtime(settings_json: str) -> ClientRuntime:
     corpus = load_corpus(settings)
     folder = ensure_base_checkpoint(settings, corpus, show_progress=False)
     devices = build_fleet(settings.fleet, settings.seed)
+    device = select_device(settings.client.device)
     return ClientRuntime(
         settings=settings,
         corpus=corpus,
@@ -73,7 +86,8 @@ def _runtime(settings_json: str) -> ClientRuntime:
         clients_of_device=assign_clients(
             len(devices), corpus.num_clients, settings.seed, settings.data.roles_per_device
         ),
-        base_model=load_base_model(folder),
+        base_model=load_base_model(folder).to(device),
+        device=device,
     )
 
 

@@ -86,8 +86,12 @@ def validate(s: Settings) -> None:
     _require(c.local_steps >= 1, "client.local_steps", "must be >= 1", "client.local_steps=12")
     _require(c.batch_size >= 1, "client.batch_size", "must be >= 1", "client.batch_size=8")
     _require(c.lr > 0, "client.lr", "must be > 0", "client.lr=2e-3")
+    _require(c.device in ("auto", "cpu", "cuda"), "client.device", f"unknown '{c.device}'", "auto, cpu or cuda")
+    _require(c.precision in ("auto", "fp32", "bf16", "fp16"), "client.precision", f"unknown '{c.precision}'",
+             "auto, fp32, bf16 or fp16")
     _require(s.method.lora.rank >= 1, "method.lora.rank", "must be >= 1", "method.lora.rank=8")
     _require(bool(s.method.lora.target_modules), "method.lora.target_modules", "is empty", "e.g. [q_proj, v_proj]")
+    _validate_zeroqat(s)
     _require(s.data.seq_len >= 8, "data.seq_len", "must be >= 8", "data.seq_len=64")
     _require(0 < s.data.test_fraction < 1, "data.test_fraction", "must be in (0, 1)", "data.test_fraction=0.2")
     if s.model.name_or_path is None:
@@ -99,6 +103,31 @@ def validate(s: Settings) -> None:
                  "must divide model.num_heads", "e.g. 2 kv heads for 4 heads")
         _require(s.data.seq_len <= s.model.max_position_embeddings, "data.seq_len",
                  "is longer than model.max_position_embeddings", "a shorter data.seq_len")
+    from privacy.plan import validate_privacy  # the privacy section needs the fleet and rounds checked first
+
+    validate_privacy(s)
+
+
+def _validate_zeroqat(s: Settings) -> None:
+    from quantization.spec import parse_wa
+
+    z = s.zeroqat
+    try:
+        parse_wa(z.quant, z.group_size)
+    except ValueError as err:
+        raise ConfigError(f"config key 'zeroqat.quant': {err}. Fix: e.g. zeroqat.quant=W4A8") from None
+    _require(z.trainable in ("lora", "qv", "qparams"), "zeroqat.trainable", f"unknown '{z.trainable}'",
+             "lora, qv or qparams")
+    _require(z.lr_schedule in ("constant", "linear", "cosine"), "zeroqat.lr_schedule",
+             f"unknown '{z.lr_schedule}'", "constant, linear or cosine")
+    _require(z.eps > 0, "zeroqat.eps", "must be > 0", "zeroqat.eps=1e-2")
+    _require(z.lr >= 0, "zeroqat.lr", "must be >= 0", "zeroqat.lr=1e-3")
+    _require(z.perturbations >= 1, "zeroqat.perturbations", "must be >= 1", "zeroqat.perturbations=1")
+    _require(0 <= z.smoothing_alpha <= 1, "zeroqat.smoothing_alpha", "must be in [0, 1]", "zeroqat.smoothing_alpha=0.5")
+    uses_zeroqat = s.client.trainer == "zeroqat" or any(c.trainer == "zeroqat" for c in s.fleet.classes.values())
+    _require(not uses_zeroqat or z.trainable == "lora", "zeroqat.trainable",
+             f"'{z.trainable}' trains no adapter, so a fleet cannot aggregate it",
+             "zeroqat.trainable=lora in a fleet (qv/qparams are for single-device fine-tuning)")
 
 
 def _validate_rounds_and_faults(s: Settings) -> None:
@@ -204,5 +233,6 @@ def compose(overrides: list[str]) -> Settings:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
     container = OmegaConf.to_container(cfg, resolve=False)
-    container["output_dir"] = "."
+    if not any(o.startswith("output_dir=") for o in overrides):
+        container["output_dir"] = "."  # the default names Hydra's run dir, which exists only in a Hydra app
     return to_settings(OmegaConf.create(container))

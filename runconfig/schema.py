@@ -91,9 +91,19 @@ class LoraConfig:
 
 
 @dataclass
+class DyLoraConfig:
+    """DP-DyLoRA's per-round rank (privacy/dylora.py): drawn by the server, public, the same for the round."""
+
+    rank_distribution: str = "uniform"  # uniform over [min_rank, lora.rank] | fixed (always lora.rank: DP-LoRA)
+    min_rank: int = 1
+    eval_ranks: list[int] = field(default_factory=list)  # ranks evaluated centrally after training
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
     lora: LoraConfig = field(default_factory=LoraConfig)
+    dylora: Optional[DyLoraConfig] = None  # set by conf/method/dp_dylora.yaml and dp_lora.yaml
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings, validated by the method
 
 
@@ -116,6 +126,8 @@ class ClientConfig:
     batch_size: int = 8
     lr: float = 2e-3
     eval_batches: int = 4
+    device: str = "auto"  # auto | cpu | cuda: the GPU when CUDA works, else the CPU (client/device_detect.py)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: autocast dtype (auto: bf16/fp16 on CUDA, fp32 on CPU)
 
 
 @dataclass
@@ -168,6 +180,50 @@ class FaultsConfig:
 
 
 @dataclass
+class RecordDpConfig:
+    """Record-level DP-SGD inside each client's local training (Opacus PrivacyEngine on the LoRA params)."""
+
+    enabled: bool = False
+    noise_multiplier: float = 1.0
+    clip_norm: float = 1.0  # per-example gradient L2 bound
+    accountant: str = "rdp"  # rdp | prv (the server composes each device's record-level steps)
+
+
+@dataclass
+class PrivacyConfig:
+    """User-level DP-FedAvg (McMahan et al. 2018) with Opacus accounting; see docs/privacy.md."""
+
+    mode: str = "none"  # none | user
+    clip_norm: float = 1.0  # C: every client's whole update is clipped to this L2 norm
+    noise_multiplier: Optional[float] = None  # sigma: noise std on the sum is sigma * C
+    target_epsilon: Optional[float] = None  # calibrates sigma when noise_multiplier is null; always a budget
+    delta: Optional[float] = None  # null: 1 / N^1.1 with N the population (fleet.size)
+    accountant: str = "rdp"  # rdp | prv (Opacus); fixed sampling uses dp_accounting's without-replacement RDP
+    sampling: str = "poisson"  # poisson (rate q = cohort_size / N) | fixed (exactly cohort_size)
+    noise_placement: str = "server"  # server (trusted aggregator) | client (each client adds its share)
+    rng: str = "seeded"  # seeded (numpy Generator from seed, reproducible) | secure (OS CSPRNG)
+    record: RecordDpConfig = field(default_factory=RecordDpConfig)
+
+
+@dataclass
+class ZeroQATConfig:
+    """Forward-only quantization-aware fine-tuning (trainer ``zeroqat``; conf/zeroqat/)."""
+
+    quant: str = "W4A8"  # WxAy: weight bits in 2/3/4/8, activation bits in 4/8/16 (16 = float activations)
+    group_size: int = 64  # weights per scale/zero along the input dim; 0 = per output channel
+    smoothing_alpha: float = 0.5  # SmoothQuant migration strength; 0 = no smoothing
+    clipping: bool = True  # calibrated (grid-searched) clipping bounds; false = round-to-nearest ranges
+    calibration_windows: int = 16  # public-split windows for activation statistics
+    trainable: str = "lora"  # lora (aggregates in the fleet) | qv (q_proj/v_proj master weights) | qparams
+    lr: float = 1.0e-2  # ZO step size (its own scale: SPSA steps are not AdamW steps)
+    lr_schedule: str = "constant"  # constant | linear | cosine (over a round's local steps)
+    eps: float = 1.0e-2  # perturbation scale
+    perturbations: int = 1  # q: SPSA directions averaged per step (2q forward passes)
+    grad_clip: float = 0.0  # clip each projected gradient to [-c, c]; 0 = off
+    seed_upload: bool = False  # send (seeds, projected gradients) instead of the adapter (FedKSeed-style)
+
+
+@dataclass
 class Settings:
     seed: int = 0
     rounds: int = 8
@@ -186,3 +242,5 @@ class Settings:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     resume: Optional[str] = None  # true (latest unfinished run), an MLflow run id, or a checkpoint path
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    zeroqat: ZeroQATConfig = field(default_factory=ZeroQATConfig)

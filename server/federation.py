@@ -20,7 +20,7 @@ from server import checkpoint as ckpt
 from server.central_evaluation import CentralEvaluator
 from server.preflight import prepare
 from server.progress import RoundProgress
-from strategies import strategy_class
+from privacy.dp_fedavg import strategy_for
 from tracking.mlflow_tracker import MlflowTracker, scratch_dir
 
 
@@ -65,6 +65,7 @@ def summarize(history: History, settings: Settings, wall_s: float, run_id: str) 
         "late": sum(history.rounds[r].get("fleet/late", 0) for r in rounds),
         "rejected": sum(history.rounds[r].get("fleet/rejected", 0) for r in rounds),
         "skipped_rounds": sum(history.rounds[r].get("fleet/skipped_round", 0) for r in rounds),
+        "no_reply": sum(history.rounds[r].get("fleet/no_reply", 0) for r in rounds),
         "skipped_memory": sum(history.rounds[r].get("fleet/skipped_memory", 0) for r in rounds),
     }
 
@@ -96,7 +97,7 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
         initial = to_array_record(resumed.arrays)
     tracker = MlflowTracker(settings, run_id=resumed.mlflow_run_id if resumed else None)
     history, progress = History(), RoundProgress(settings.rounds, enabled=show_progress)
-    strategy = strategy_class(settings.method.name)(
+    strategy = strategy_for(settings)(  # the method's strategy, with user-level DP when privacy.mode=user
         settings,
         prepared.devices,
         prepared.shape,

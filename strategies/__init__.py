@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from strategies.dp_dylora import DyLoraFedAvg
 from strategies.fleet_fedavg import FleetFedAvg, RoundObserver
 
 STRATEGIES: dict[str, type[FleetFedAvg]] = {"fedavg_lora": FleetFedAvg}
+STRATEGIES["dp_dylora"] = STRATEGIES["dp_lora"] = DyLoraFedAvg  # privacy/dylora.py; DP from privacy=user_dp
 
 
 def strategy_class(method: str) -> type[FleetFedAvg]:

@@ -49,6 +49,7 @@ from runconfig.schema import Settings
 from strategies import robust_aggregation
 from strategies.aggregation import apply_delta
 from strategies.update_validation import Checked, UpdateValidator
+from zeroqat import upload
 
 logger = logging.getLogger(__name__)
 
@@ -203,12 +204,30 @@ class FleetFedAvg(Strategy):
 
     def parse_update(self, msg: Message) -> Update:
         """A reply as an Update (subclasses expand compressed uploads here, before validation)."""
-        return Update.from_message(msg)
+        return self.expand_update(Update.from_message(msg))
 
     def update_reference(self, update: Update) -> dict[str, np.ndarray]:
         """Names, shapes and dtype a device's delta must have: the global adapter's (strategies whose devices
         train other ranks return the device's own)."""
         return self._global
+
+    def expand_update(self, update: Update) -> Update:
+        """A ZO device's seed-only upload (seeds, projected gradients) replayed into the adapter delta it stands for."""
+        if upload.is_seed_upload(update.delta):
+            z = self.settings.zeroqat
+            update.delta = upload.replay_delta(self._global, update.delta, z.lr, z.lr_schedule)
+        return update
+
+    def class_metrics(self, good: list[tuple[Update, int]]) -> dict[str, float]:
+        """Per device class: train loss (example-weighted), replies and upload bytes (e.g. phones vs Jetsons)."""
+        out: dict[str, float] = {}
+        for name in sorted({self.devices[u.device_index].class_name for u, _ in good}):
+            rows = [(u, b) for u, b in good if self.devices[u.device_index].class_name == name]
+            weights = [u.num_examples for u, _ in rows]
+            out[f"train/loss/{name}"] = float(np.average([u.metrics["train_loss"] for u, _ in rows], weights=weights))
+            out[f"fleet/replies/{name}"] = len(rows)
+            out[f"comm/bytes_up/{name}"] = sum(b for _, b in rows)
+        return out
 
     def aggregate_updates(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
         """The global delta of this round (example-weighted FedAvg, or ``aggregation.rule``'s robust rule)."""
@@ -218,9 +237,13 @@ class FleetFedAvg(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
         good, failed = self.valid_updates(server_round, replies)
         ledger = self._ledger
         fed = self.settings.federation
+        no_reply = len(ledger.sent) - len(replies)  # lost devices (a killed SuperNode): the round went on without them
+        if no_reply:
+            logger.warning("round %d: %d device(s) sent no reply within the round timeout", server_round, no_reply)
         timed = []
         for update, bytes_up in good:
             device = self.devices[update.device_index]
@@ -233,7 +256,7 @@ class FleetFedAvg(Strategy):
                            update.device_index, t.total_s, fed.deadline_s)
         failures = failed + len(ledger.failing)
         self._log_faults(server_round, ledger, late)
-        sim_round = round_duration([t.total_s for _, _, t in kept], fed.deadline_s, failures + len(late))
+        sim_round = round_duration([t.total_s for _, _, t in kept], fed.deadline_s, failures + len(late) + no_reply)
         self.sim_time_s += sim_round
         metrics = {
             "fleet/replies": len(kept),
@@ -241,6 +264,7 @@ class FleetFedAvg(Strategy):
             "fleet/skipped_memory": ledger.skipped_memory,
             **ledger.checked.counts(),
             "fleet/failures": failures,
+            "fleet/no_reply": no_reply,
             "fleet/late": len(late),
             "fleet/surplus": len(surplus),
             "clock/sim_round_s": sim_round,
@@ -260,6 +284,7 @@ class FleetFedAvg(Strategy):
             "train/loss": float(np.average([u.metrics["train_loss"] for u in updates], weights=weights)),
             "timing/client_compute_s": sum(u.metrics["compute_s"] for u in updates),
             "memory/peak_rss_mb": max(u.metrics.get("peak_rss_mb", 0.0) for u in updates),
+            **self.class_metrics([(u, b) for u, b, _ in kept]),
         })
         for trainer in {self.trainer_for(self.devices[u.device_index]) for u in updates}:
             mine = [u for u in updates if self.trainer_for(self.devices[u.device_index]) == trainer]
@@ -309,8 +334,8 @@ class FleetFedAvg(Strategy):
         return {"sim_time_s": self.sim_time_s, "model_version": self.model_version, "fault_log": list(self.fault_log)}
 
     def set_state(self, state: dict) -> None:
-        self.sim_time_s = float(state["sim_time_s"])
-        self.model_version = int(state["model_version"])
+        self.sim_time_s = float(state.get("sim_time_s", 0.0))
+        self.model_version = int(state.get("model_version", 0))
         self.fault_log = list(state.get("fault_log", []))
 
     # ----------------------------------------------------------- evaluation

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from client.trainers.base import Trainer, TrainResult
 from client.trainers.lora_backprop import LoraBackpropTrainer
+from client.trainers.zeroqat import ZeroQATTrainer
+from privacy.dpsgd_trainer import LoraDpSgdTrainer
 
 TRAINERS: dict[str, type] = {LoraBackpropTrainer.name: LoraBackpropTrainer}
+TRAINERS["lora_dpsgd"] = LoraDpSgdTrainer  # record-level DP-SGD (privacy.record.enabled)
+TRAINERS[ZeroQATTrainer.name] = ZeroQATTrainer
 
 
 def get_trainer(name: str) -> Trainer:

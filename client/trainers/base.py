@@ -16,6 +16,7 @@ class TrainResult:
     adapter: dict[str, np.ndarray]  # the adapter after local training (same keys as received)
     num_examples: int  # training windows the device holds (FedAvg weight)
     metrics: dict[str, float] = field(default_factory=dict)  # train_loss, compute_s, ...
+    upload: dict[str, np.ndarray] | None = None  # sent instead of the adapter delta when set (ZO seed uploads)
 
 
 class Trainer(Protocol):

@@ -1,0 +1,226 @@
+"""DP-LoRA vs DP-DyLoRA under user-level DP-FedAvg on a population of >= 1,000 Shakespeare roles.
+
+``python -m benchmarks.dp`` (about 15 minutes on 2 shared CPU cores). Every run goes through the real ServerApp
+code (``server.federation.run_server``: strategy, DP mixin, Opacus accounting, MLflow) and the real ClientApp
+handlers, on :class:`simulations.inprocess.InProcessGrid` (no Ray: only the sampled clients compute).
+epsilon = inf is the non-private run (privacy=none: plain FedAvg of the same method, same rounds and seeds);
+finite epsilons calibrate sigma with Opacus's get_noise_multiplier at delta = 1/N^1.1.
+Writes docs/benchmarks/dp.md and docs/benchmarks/dp.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+EPSILONS = [math.inf, 8.0, 4.0, 2.0, 1.0]
+METHODS = ["dp_lora", "dp_dylora"]
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+
+
+def overrides(args, method: str, eps: float) -> list[str]:
+    common = [
+        "+fleet=80dev", f"fleet.size={args.population}", "data.min_lines=1", f"method={method}",
+        f"rounds={args.rounds}", f"seed={args.seed}", f"federation.cohort_size={args.cohort}",
+        "federation.eval_cohort_size=0", f"client.local_steps={args.local_steps}", f"client.lr={args.lr}",
+        f"model.pretrain.steps={args.pretrain_steps}", "model.pretrain.warmup_steps=15",
+        "method.lora.target_modules=[q_proj,v_proj]", f"data.central_eval_windows={args.eval_windows}",
+        f"cache_dir={args.cache_dir}", f"tracking.uri=sqlite:///{args.workdir}/mlflow.db",
+        "tracking.experiment=benchmark-dp", "tracking.log_adapter=false",
+    ]
+    if math.isinf(eps):
+        return [*common, "privacy=none"]
+    return [*common, f"privacy.target_epsilon={eps}", f"privacy.clip_norm={args.clip}"]
+
+
+def run_one(args, method: str, eps: float) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    from runconfig.load import compose, to_plain
+    from server.federation import run_server
+    from server.preflight import prepare
+    from simulations.inprocess import InProcessGrid
+
+    settings = compose(overrides(args, method, eps))
+    settings.output_dir = str(Path(args.workdir) / f"{method}-eps{eps}")
+    prepared = prepare(settings, show_progress=False)
+    if prepared.corpus.num_clients < args.population:
+        raise SystemExit(f"only {prepared.corpus.num_clients} roles for a population of {args.population}")
+    start = time.perf_counter()
+    run_server(InProcessGrid(to_plain(settings), settings.fleet.size), settings, show_progress=False)
+    wall = time.perf_counter() - start
+    summary = json.loads((Path(settings.output_dir) / "summary.json").read_text())
+    run = MlflowClient(tracking_uri=settings.tracking.uri).get_run(summary["mlflow_run_id"])
+    m = run.data.metrics
+    return {
+        "method": method, "epsilon_target": eps, "accuracy": summary["accuracy_final"],
+        "perplexity": summary["ppl_final"], "accuracy_base": summary["accuracy_base"],
+        "perplexity_base": summary["ppl_base"], "epsilon_spent": m.get("privacy/epsilon", math.inf),
+        "noise_multiplier": m.get("privacy/noise_multiplier", 0.0), "delta": m.get("privacy/delta"),
+        "rank_metrics": {k: v for k, v in m.items() if k.startswith("eval/global_accuracy_r")},
+        "wall_s": wall, "num_roles": prepared.corpus.num_clients,
+    }
+
+
+def fmt_eps(eps: float) -> str:
+    return "inf" if math.isinf(eps) else f"{eps:g}"
+
+
+def reading(out: dict) -> list[str]:
+    """A plain statement of what the numbers can and cannot show (written with every run)."""
+    gain = out["nonprivate_gain_over_base_points"]
+    lines = [f"Non-private fine-tuning changes accuracy by {gain:+.2f} points over the base model."]
+    if abs(gain) < 0.5:
+        lines.append(
+            "**At this scale fine-tuning itself does not move accuracy** (differences between rows are within the "
+            "~0.4-point standard error of ~6,000 test tokens), so the accuracy targets are met vacuously: they show "
+            "that DP costs nothing measurable here, not that DP-FedAvg preserves a real fine-tuning gain. "
+            "Perplexity is the informative column: DP removes most of the non-private perplexity gain.")
+    return lines
+
+
+def write(args, rows: list[dict], total_s: float) -> dict:
+    by = {(r["method"], r["epsilon_target"]): r for r in rows}
+    acc = lambda m, e: by[(m, e)]["accuracy"]  # noqa: E731
+    out = {
+        "population": args.population,
+        "delta": 1.0 / args.population**1.1,
+        "rounds": args.rounds,
+        "expected_cohort": args.cohort,
+        "sample_rate": args.cohort / args.population,
+        "clip_norm": args.clip,
+        "local_steps": args.local_steps,
+        "seed": args.seed,
+        "engine": "in-process (InProcessGrid, no Ray): same ServerApp/strategy/ClientApp handlers",
+        "acc_drop_eps2_points": 100 * (acc("dp_dylora", math.inf) - acc("dp_dylora", 2.0)),
+        "dylora_minus_lora_acc_eps2": 100 * (acc("dp_dylora", 2.0) - acc("dp_lora", 2.0)),
+        "accuracy_base": rows[0]["accuracy_base"],
+        "perplexity_base": rows[0]["perplexity_base"],
+        "per_epsilon": {
+            fmt_eps(e): {m: {"accuracy": by[(m, e)]["accuracy"], "perplexity": by[(m, e)]["perplexity"],
+                             "epsilon_spent": by[(m, e)]["epsilon_spent"],
+                             "noise_multiplier": by[(m, e)]["noise_multiplier"]} for m in METHODS}
+            for e in EPSILONS
+        },
+        "dylora_rank_accuracy": {fmt_eps(e): by[("dp_dylora", e)]["rank_metrics"] for e in EPSILONS},
+        "total_wall_s": total_s,
+    }
+    out["nonprivate_gain_over_base_points"] = 100 * (acc("dp_dylora", math.inf) - out["accuracy_base"])
+    lines = [
+        "# DP-LoRA vs DP-DyLoRA (user-level DP-FedAvg)",
+        "",
+        f"`python -m benchmarks.dp` — population N = {args.population} Shakespeare roles (data.min_lines=1, "
+        f"tiny-llama pretrained {args.pretrain_steps} steps), {args.rounds} rounds, Poisson sampling q = "
+        f"{args.cohort}/{args.population}, clip C = {args.clip}, delta = 1/N^1.1 = {out['delta']:.3g}, "
+        f"LoRA r=8 on q_proj,v_proj, {args.local_steps} local AdamW steps, seed {args.seed}.",
+        "**Engine: in-process** (`simulations/inprocess.py`, no Ray: the same ServerApp, strategies, DP mixin, "
+        "Opacus accounting, MLflow tracking and ClientApp handlers; only sampled clients compute).",
+        "epsilon = inf is the non-private run (privacy=none: plain example-weighted FedAvg of the same method).",
+        "Accuracy = next-token accuracy on the global test plays (tempest, macbeth), in %.",
+        "",
+        "| epsilon | sigma | DP-LoRA acc | DP-LoRA ppl | DP-DyLoRA acc | DP-DyLoRA ppl | epsilon spent |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in EPSILONS:
+        lo, dy = by[("dp_lora", e)], by[("dp_dylora", e)]
+        lines.append(
+            f"| {fmt_eps(e)} | {dy['noise_multiplier']:.3f} | {100 * lo['accuracy']:.2f} | {lo['perplexity']:.1f} | "
+            f"{100 * dy['accuracy']:.2f} | {dy['perplexity']:.1f} | {dy['epsilon_spent']:.3g} |"
+        )
+    lines += [
+        "",
+        f"Base model (no fine-tuning): accuracy {100 * out['accuracy_base']:.2f}%, perplexity "
+        f"{out['perplexity_base']:.1f}.",
+        f"- acc_drop_eps2_points (non-private DP-DyLoRA minus DP-DyLoRA at eps 2): "
+        f"**{out['acc_drop_eps2_points']:.2f}** points (target <= 2)",
+        f"- dylora_minus_lora_acc_eps2: **{out['dylora_minus_lora_acc_eps2']:.2f}** points (target >= 0)",
+        f"- total wall time {total_s / 60:.1f} min",
+        "",
+        *reading(out),
+        "",
+        "![accuracy and perplexity against epsilon](dp.png)",
+        "",
+        "DP-DyLoRA accuracy (%) of the final adapter truncated to each rank:",
+        "",
+        "| epsilon | " + " | ".join(sorted(out["dylora_rank_accuracy"]["inf"], key=lambda k: int(k.split("_r")[-1])))
+        + " |",
+        "|---|" + "---|" * len(out["dylora_rank_accuracy"]["inf"]),
+    ]
+    for e in EPSILONS:
+        ranks = out["dylora_rank_accuracy"][fmt_eps(e)]
+        keys = sorted(ranks, key=lambda k: int(k.split("_r")[-1]))
+        lines.append(f"| {fmt_eps(e)} | " + " | ".join(f"{100 * ranks[k]:.2f}" for k in keys) + " |")
+    DOCS.mkdir(parents=True, exist_ok=True)
+    (DOCS / "dp.md").write_text("\n".join(lines) + "\n")
+    (DOCS / "dp.json").write_text(json.dumps(out, indent=2, default=lambda x: None) + "\n")
+    print("\n".join(lines))
+    return out
+
+
+def plot(json_path: Path = DOCS / "dp.json") -> Path | None:
+    """docs/benchmarks/dp.png: accuracy and perplexity against epsilon for both methods (matplotlib, via MLflow)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    data = json.loads(json_path.read_text())
+    finite = [e for e in EPSILONS if not math.isinf(e)]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, label in ((axes[0], "accuracy", "next-token accuracy (%)"), (axes[1], "perplexity", "perplexity")):
+        for method, style in (("dp_lora", "o--"), ("dp_dylora", "s-")):
+            ys = [data["per_epsilon"][fmt_eps(e)][method][key] * (100 if key == "accuracy" else 1) for e in finite]
+            line = ax.plot(finite, ys, style, label=method)[0]
+            inf = data["per_epsilon"]["inf"][method][key] * (100 if key == "accuracy" else 1)
+            ax.axhline(inf, color=line.get_color(), linestyle=":", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("epsilon (dotted: non-private)")
+        ax.set_ylabel(label)
+    axes[0].legend()
+    fig.suptitle(f"user-level DP, N = {data['population']}, delta = 1/N^1.1, {data['rounds']} rounds")
+    fig.tight_layout()
+    out = json_path.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--population", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cohort", type=int, default=40)
+    ap.add_argument("--local-steps", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--clip", type=float, default=0.5)
+    ap.add_argument("--pretrain-steps", type=int, default=150)
+    ap.add_argument("--eval-windows", type=int, default=96)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "edgefleet"))
+    ap.add_argument("--workdir", default="/tmp/edgefleet-benchmark-dp")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from simulations.launch import quiet_frameworks
+
+    quiet_frameworks()
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    rows, start = [], time.perf_counter()
+    for method in METHODS:
+        for eps in EPSILONS:
+            row = run_one(args, method, eps)
+            rows.append(row)
+            print(f"{method} eps={fmt_eps(eps)}: acc {100 * row['accuracy']:.2f}% ppl {row['perplexity']:.1f} "
+                  f"sigma {row['noise_multiplier']:.3f} ({row['wall_s']:.0f}s)", flush=True)
+    write(args, rows, time.perf_counter() - start)
+    plot()
+
+
+if __name__ == "__main__":
+    main()
