@@ -37,7 +37,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 def overrides(method: str, seed: int, rounds: int, cache: str, uri: str) -> list[str]:
     common = [
         "+fleet=80dev", f"method={method}", f"seed={seed}", f"rounds={rounds}", f"cache_dir={cache}",
-        f"tracking.uri={uri}", "tracking.log_adapter=false", f"tracking.experiment=fedspine-bench",
+        f"tracking.uri={uri}", "tracking.log_adapter=false", "tracking.experiment=fedspine-bench",
         "federation.cohort_size=12", "federation.eval_cohort_size=0",
         "client.local_steps=4", "client.batch_size=4", "client.lr=3e-3", "data.seq_len=32",
         "data.central_eval_windows=32", "model.pretrain.steps=150", "model.pretrain.warmup_steps=15",

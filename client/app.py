@@ -12,6 +12,7 @@ import time
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.faults import before_training, corrupt, injected_kind
 from client.device_detect import detect_host, device_class_of, trainer_of
 from client.runtime import get_runtime, host_gflops
 from client.trainers import get_trainer
@@ -40,6 +41,8 @@ def handle_query(plain_settings: dict, msg: Message, context: Context) -> Messag
 def handle_train(plain_settings: dict, msg: Message, context: Context) -> Message:
     runtime = get_runtime(plain_settings)
     work = Work.from_config(msg.content[CONFIG])
+    fault = injected_kind(plain_settings, work.device_index)  # testing / chaos only (faults.inject)
+    before_training(fault, work.device_index)
     received = from_array_record(msg.content[ARRAYS])
     s = runtime.settings  # the node may name its own class or trainer (--node-config); see client/device_detect.py
     trainer = get_trainer(trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
@@ -67,8 +70,9 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
         num_examples=result.num_examples,
         metrics={**result.metrics, "host_gflops": host_gflops(), "peak_rss_mb": _peak_rss_mb()},
         structure=result.structure,
+        model_version=work.model_version,
     )
-    return Message(update.to_content(), reply_to=msg)
+    return Message(corrupt(fault, update).to_content(), reply_to=msg)
 
 
 def handle_evaluate(plain_settings: dict, msg: Message, context: Context) -> Message:

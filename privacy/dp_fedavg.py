@@ -22,14 +22,14 @@ import math
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fleet.devices import Device
 from privacy.mechanism import dp_mean
 from privacy.noise import noise_source
 from privacy.plan import resolve_plan
 from privacy.sampling import fixed_cohort, poisson_cohort
-from protocol.messages import Update, Work, from_array_record, to_array_record
+from protocol.messages import Update, Work, to_array_record
 from strategies.aggregation import apply_delta
 from strategies.fleet_fedavg import FleetFedAvg, RoundLedger, seeded
 
@@ -157,6 +157,7 @@ class UserLevelDP:
     def get_state(self) -> dict:
         """Everything a resumed run needs so that it never forgets spent budget (issue 6 checkpoints this)."""
         return {
+            **super().get_state(),  # the strategy's own (clock, model version, ...)
             "user": self.privacy_budget.get_state(),
             "record": {str(i): {"history": [list(h) for h in a.history], "mechanism": a.mechanism(),
                                 "delta": self._record_delta[i]}
@@ -166,6 +167,7 @@ class UserLevelDP:
     def set_state(self, state: dict) -> None:
         from privacy.accounting import make_accountant
 
+        super().set_state(state)
         self.privacy_budget.set_state(state["user"])
         self._record_accountants.clear()
         for key, rec in state.get("record", {}).items():

@@ -45,6 +45,7 @@ class Work:
     rank: int
     seed: int
     extra: dict[str, float | int | str | bool] = field(default_factory=dict)  # method-specific knobs
+    model_version: int = 0  # which global adapter this work starts from (echoed back; stale replies rejected)
 
     def to_config(self) -> ConfigRecord:
         data = {k: v for k, v in asdict(self).items() if k != "extra"}
@@ -54,7 +55,7 @@ class Work:
     @classmethod
     def from_config(cls, record: ConfigRecord) -> Work:
         names = {f.name for f in fields(cls)} - {"extra"}
-        base = {k: record[k] for k in names}
+        base = {k: record[k] for k in names if k in record}
         extra = {k[len("extra.") :]: v for k, v in record.items() if k.startswith("extra.")}
         return cls(**base, extra=extra)
 
@@ -69,10 +70,11 @@ class Update:
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)  # train_loss, compute_s, host_gflops, ...
     structure: dict[str, np.ndarray] = field(default_factory=dict)  # kept-structure masks (pruned devices)
+    model_version: int = -1  # the Work's model_version (-1: not reported)
 
     def to_content(self) -> RecordDict:
         metrics = {NUM_EXAMPLES: self.num_examples, "device-index": self.device_index,
-                   "server-round": self.server_round, **self.metrics}
+                   "server-round": self.server_round, "model-version": self.model_version, **self.metrics}
         content = RecordDict({ARRAYS: to_array_record(self.delta), METRICS: MetricRecord(metrics)})
         if self.structure:
             content[STRUCTURE] = to_array_record(self.structure)
@@ -85,6 +87,7 @@ class Update:
             device_index=int(metrics.pop("device-index")),
             server_round=int(metrics.pop("server-round")),
             num_examples=int(metrics.pop(NUM_EXAMPLES)),
+            model_version=int(metrics.pop("model-version", -1)),
             delta=from_array_record(msg.content[ARRAYS]),
             metrics={k: float(v) for k, v in metrics.items()},
             structure=from_array_record(msg.content[STRUCTURE]) if STRUCTURE in msg.content else {},

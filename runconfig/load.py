@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def validate(s: Settings) -> None:
             _require(getattr(c, attr) > 0, f"{key}.{attr}", "must be > 0", "take it from the spec sheet")
         _require(0 < c.availability <= 1, f"{key}.availability", "must be in (0, 1]", "e.g. 0.9")
         _require(0 < c.usable_memory_fraction <= 1, f"{key}.usable_memory_fraction", "must be in (0, 1]", "e.g. 0.6")
+        _require(0 <= c.failure_rate < 1, f"{key}.failure_rate", f"must be in [0, 1) (got {c.failure_rate})",
+                 "e.g. 0.05 (a share of started rounds that never reply)")
     fed = s.federation
     _require(fed.cohort_size >= 1, "federation.cohort_size", "must be >= 1", "federation.cohort_size=16")
     _require(
@@ -76,6 +79,9 @@ def validate(s: Settings) -> None:
         f"federation.eval_cohort_size={min(16, f.size)}",
     )
     _require(s.rounds >= 1, "rounds", "must be >= 1", "rounds=8")
+    _require(s.seed >= 0, "seed", "must be >= 0", "seed=0")
+    _validate_rounds_and_faults(s)
+    _validate_references(s)
     c = s.client
     _require(c.local_steps >= 1, "client.local_steps", "must be >= 1", "client.local_steps=12")
     _require(c.batch_size >= 1, "client.batch_size", "must be >= 1", "client.batch_size=8")
@@ -151,6 +157,81 @@ def _validate_fedspine(s: Settings) -> None:
                  "ranks must be in 1..method.lora.rank", "lower them")
     _require(s.client.trainer is None, "client.trainer", "FedSpine methods run their own trainer (fedspine_prune)",
              "leave client.trainer unset")
+
+
+def _validate_rounds_and_faults(s: Settings) -> None:
+    """Deadlines, retries, validation bounds, robust aggregation, checkpoints, fault injection."""
+    fed, size = s.federation, s.fleet.size
+    _require(fed.round_timeout_s > 0, "federation.round_timeout_s", "must be > 0 (a round must end)", "e.g. 600")
+    _require(fed.deadline_s is None or fed.deadline_s > 0, "federation.deadline_s", "must be > 0 or null",
+             "federation.deadline_s=null (no deadline) or a number of simulated seconds")
+    _require(fed.over_selection >= 0, "federation.over_selection", "must be >= 0", "e.g. 0.3 (ask 30% more devices)")
+    asked = math.ceil(fed.cohort_size * (1 + fed.over_selection) - 1e-9)
+    _require(asked <= size, "federation.over_selection",
+             f"asks {asked} devices, more than the fleet's {size}", "a smaller over_selection or cohort_size")
+    _require(1 <= fed.min_replies <= fed.cohort_size, "federation.min_replies",
+             f"must be between 1 and federation.cohort_size ({fed.cohort_size}), got {fed.min_replies}",
+             "federation.min_replies=1")
+    _require(fed.on_short_round in ("retry", "skip"), "federation.on_short_round",
+             f"unknown '{fed.on_short_round}'", "retry or skip")
+    _require(fed.max_retries >= 0, "federation.max_retries", "must be >= 0", "federation.max_retries=2")
+    v = s.validation
+    _require(v.max_update_norm is None or v.max_update_norm > 0, "validation.max_update_norm",
+             "must be > 0 or null", "null (no absolute bound) or e.g. 50")
+    _require(v.norm_outlier_factor is None or v.norm_outlier_factor > 1, "validation.norm_outlier_factor",
+             "must be > 1 or null", "e.g. 100")
+    _require(v.max_message_mb > 0, "validation.max_message_mb", "must be > 0", "e.g. 64")
+    a = s.aggregation
+    rules = ("mean", "krum", "multikrum", "trimmed_mean")
+    _require(a.rule in rules, "aggregation.rule", f"unknown '{a.rule}'", ", ".join(rules))
+    _require(a.num_malicious >= 0, "aggregation.num_malicious", "must be >= 0", "aggregation.num_malicious=1")
+    if a.rule in ("krum", "multikrum"):
+        _require(fed.cohort_size > 2 * a.num_malicious + 2, "aggregation.num_malicious",
+                 f"Krum needs cohort_size > 2 * num_malicious + 2 ({fed.cohort_size} <= {2 * a.num_malicious + 2})",
+                 "a larger federation.cohort_size or a smaller aggregation.num_malicious")
+        _require(1 <= a.num_to_select <= fed.cohort_size, "aggregation.num_to_select",
+                 f"must be between 1 and federation.cohort_size ({fed.cohort_size})", "aggregation.num_to_select=1")
+    _require(0 <= a.trim_fraction < 0.5, "aggregation.trim_fraction", "must be in [0, 0.5)", "e.g. 0.1")
+    _require(s.checkpoint.dir is None or bool(str(s.checkpoint.dir).strip()), "checkpoint.dir", "is empty",
+             "null (the run's output dir) or a folder")
+    from client.faults import KINDS  # numpy only; the ClientApp reads the same table
+
+    for index, kind in (s.faults.inject or {}).items():
+        _require(0 <= int(index) < size, f"faults.inject.{index}", f"no device {index} in a fleet of {size}",
+                 f"a device index in [0, {size})")
+        _require(str(kind) in KINDS, f"faults.inject.{index}", f"unknown fault '{kind}'", ", ".join(KINDS))
+
+
+def _validate_references(s: Settings) -> None:
+    """Names that must exist elsewhere: the method's strategy, every device class's trainer."""
+    from client.trainers import TRAINERS
+    from strategies import STRATEGIES
+
+    _require(s.method.name in STRATEGIES, "method.name", f"unknown method '{s.method.name}'",
+             f"one of {', '.join(sorted(STRATEGIES))} (conf/method/)")
+    trainers = [("client.trainer", s.client.trainer)] if s.client.trainer else [
+        (f"fleet.classes.{name}.trainer", c.trainer) for name, c in s.fleet.classes.items()]
+    for key, trainer in trainers:
+        _require(trainer in TRAINERS, key, f"unknown trainer '{trainer}'", f"one of {', '.join(sorted(TRAINERS))}")
+    _require(bool(str(s.tracking.uri).strip()), "tracking.uri", "is empty", "e.g. sqlite:///mlflow.db")
+    _require(s.simulation.num_cpus_per_client > 0, "simulation.num_cpus_per_client", "must be > 0", "e.g. 1")
+    _require(0 <= s.method.lora.dropout < 1, "method.lora.dropout", "must be in [0, 1)", "method.lora.dropout=0.0")
+    _require(s.method.lora.alpha > 0, "method.lora.alpha", "must be > 0", "method.lora.alpha=16")
+    _require(s.client.eval_batches >= 1, "client.eval_batches", "must be >= 1", "client.eval_batches=4")
+    _require(s.data.central_eval_windows >= 1, "data.central_eval_windows", "must be >= 1", "e.g. 96")
+    partitioners = ("iid", "dirichlet", "natural_id")
+    _require(s.data.partitioner in partitioners, "data.partitioner", f"unknown '{s.data.partitioner}'",
+             ", ".join(partitioners))
+    if s.data.name != "shakespeare" and s.data.partitioner in ("dirichlet", "natural_id"):
+        _require(bool(s.data.partition_by), "data.partition_by", f"is needed by partitioner '{s.data.partitioner}'",
+                 "the label (dirichlet) or id (natural_id) column")
+    _require(s.data.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be > 0", "e.g. 0.5")
+    p = s.model.pretrain
+    for attr in ("steps", "batch_size"):
+        _require(getattr(p, attr) >= 1, f"model.pretrain.{attr}", "must be >= 1", "see conf/model/")
+    _require(p.lr > 0, "model.pretrain.lr", "must be > 0", "e.g. 3e-3")
+    _require(0 <= p.warmup_steps <= p.steps, "model.pretrain.warmup_steps", "must be in [0, model.pretrain.steps]",
+             "fewer warmup steps")
 
 
 def to_plain(settings: Settings) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class DeviceClass:
     uplink_mbps: float = MISSING
     downlink_mbps: float = MISSING
     availability: float = 1.0  # probability the device is online in a given round
+    failure_rate: float = 0.0  # probability a device that starts a round's training fails before replying
     trainer: str = "lora_backprop"
 
 
@@ -151,6 +152,11 @@ class FederationConfig:
     cohort_size: int = 16
     eval_cohort_size: int = 16
     round_timeout_s: float = 600.0
+    deadline_s: Optional[float] = None  # simulated-clock deadline per round; later replies are dropped as late
+    over_selection: float = 0.0  # ask cohort_size * (1 + this) devices; keep the first cohort_size to arrive
+    min_replies: int = 1  # fewer usable replies than this: the round is short
+    on_short_round: str = "retry"  # retry (a fresh cohort, up to max_retries) | skip (keep the global adapter)
+    max_retries: int = 2
 
 
 @dataclass
@@ -179,6 +185,38 @@ class TrackingConfig:
     run_name: Optional[str] = None
     parent_run_id: Optional[str] = None  # set by simulations.compare: the comparison's parent run
     log_adapter: bool = True
+
+
+@dataclass
+class ValidationConfig:
+    """Checks every update passes before aggregation (strategies/update_validation.py)."""
+
+    max_update_norm: Optional[float] = None  # absolute L2 bound on a delta; None: no absolute bound
+    norm_outlier_factor: Optional[float] = 100.0  # reject a delta this many times the median norm of the others
+    max_message_mb: float = 64.0  # a reply larger than this is rejected
+
+
+@dataclass
+class AggregationConfig:
+    """How accepted deltas are combined (strategies/robust_aggregation.py)."""
+
+    rule: str = "mean"  # mean (example-weighted FedAvg) | krum | multikrum | trimmed_mean
+    num_malicious: int = 0  # f in Krum's n - f - 2 closest neighbours
+    num_to_select: int = 1  # MultiKrum: deltas averaged after selection (1 = Krum)
+    trim_fraction: float = 0.1  # trimmed mean: fraction cut at each end, per coordinate
+
+
+@dataclass
+class CheckpointConfig:
+    enabled: bool = True
+    dir: Optional[str] = None  # None: <output_dir>/checkpoint
+
+
+@dataclass
+class FaultsConfig:
+    """Testing / chaos only: faults the ClientApp injects into its own replies (docs/faults.md)."""
+
+    inject: Optional[dict[Any, str]] = None  # device index (int; a str after a JSON trip) -> fault kind
 
 
 @dataclass
@@ -239,5 +277,10 @@ class Settings:
     client: ClientConfig = field(default_factory=ClientConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    resume: Optional[str] = None  # true (latest unfinished run), an MLflow run id, or a checkpoint path
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     zeroqat: ZeroQATConfig = field(default_factory=ZeroQATConfig)

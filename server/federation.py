@@ -14,7 +14,9 @@ from flwr.serverapp.strategy import Result
 from models.base_checkpoint import load_base_model
 from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
 from protocol.messages import from_array_record, to_array_record
+from runconfig.load import to_plain
 from runconfig.schema import Settings
+from server import checkpoint as ckpt
 from server.central_evaluation import CentralEvaluator
 from server.preflight import prepare
 from server.progress import RoundProgress
@@ -60,9 +62,27 @@ def summarize(history: History, settings: Settings, wall_s: float, run_id: str) 
         "bytes_up": sum(history.rounds[r].get("comm/bytes_up", 0) for r in rounds),
         "bytes_down": sum(history.rounds[r].get("comm/bytes_down", 0) for r in rounds),
         "failures": sum(history.rounds[r].get("fleet/failures", 0) for r in rounds),
+        "late": sum(history.rounds[r].get("fleet/late", 0) for r in rounds),
+        "rejected": sum(history.rounds[r].get("fleet/rejected", 0) for r in rounds),
+        "skipped_rounds": sum(history.rounds[r].get("fleet/skipped_round", 0) for r in rounds),
         "no_reply": sum(history.rounds[r].get("fleet/no_reply", 0) for r in rounds),
         "skipped_memory": sum(history.rounds[r].get("fleet/skipped_memory", 0) for r in rounds),
     }
+
+
+def resume_state(strategy, resumed: ckpt.Checkpoint, history: History, progress: RoundProgress,
+                 tracker: MlflowTracker) -> int:
+    """Put a checkpoint's state back (strategy, RNGs, history); returns the first round still to run."""
+    strategy.set_state(resumed.strategy_state)
+    ckpt.restore_rng(resumed.rng_state)
+    last = resumed.server_round
+    history.rounds.update({r: dict(m) for r, m in resumed.history.items()})
+    # the checkpoint is written before MLflow logs a round: a crash in between leaves that round to log
+    if last in resumed.history and not tracker.has_step("timing/round_wall_s", last):
+        tracker.on_round(last, resumed.history[last])
+    progress.bar.update(last)
+    tracker.set_tag("edgefleet.resumed_after_round", str(last))
+    return last + 1
 
 
 def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Result:
@@ -70,7 +90,12 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
     prepared = prepare(settings, show_progress=show_progress)
     peft_model = attach_lora(load_base_model(prepared.base_folder), settings.method.lora, settings.seed)
     initial = to_array_record(adapter_arrays(peft_model))
-    tracker = MlflowTracker(settings)
+    resume_path = ckpt.resolve_resume(settings)
+    resumed = ckpt.load(resume_path) if resume_path else None
+    if resumed is not None:
+        ckpt.check_compatible(resumed.settings, to_plain(settings))
+        initial = to_array_record(resumed.arrays)
+    tracker = MlflowTracker(settings, run_id=resumed.mlflow_run_id if resumed else None)
     history, progress = History(), RoundProgress(settings.rounds, enabled=show_progress)
     strategy = strategy_for(settings)(  # the method's strategy, with user-level DP when privacy.mode=user
         settings,
@@ -80,6 +105,15 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
         observers=[history, tracker, progress],
     )
     evaluator = CentralEvaluator(peft_model, prepared.corpus, settings.data.seq_len, settings.data.central_eval_windows)
+    first_round = 1
+    if resumed is not None:
+        first_round = resume_state(strategy, resumed, history, progress, tracker)
+    if settings.checkpoint.enabled:
+        path = resume_path or ckpt.checkpoint_path(settings)
+        strategy.round_end_hooks.append(ckpt.RoundCheckpointer(
+            path, strategy, tracker.run_id, resumed.settings if resumed else to_plain(settings),
+            resumed.history if resumed else None))
+        tracker.set_tag(ckpt.RUN_TAG, str(path))
     try:
         result = strategy.start(
             grid,
@@ -87,6 +121,7 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
             num_rounds=settings.rounds,
             timeout=settings.federation.round_timeout_s,
             evaluate_fn=evaluator,
+            **({"first_round": first_round} if first_round > 1 else {}),  # strategies overriding start() may lack it
         )
     except BaseException:
         tracker.finish("FAILED")
@@ -100,6 +135,8 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
         peft_model.save_pretrained(str(adapter_dir))
         tracker.log_dir(adapter_dir, "adapter")
     tracker.log_dict(summary, "summary.json")
+    if strategy.fault_log:
+        tracker.log_dict({"events": strategy.fault_log}, "faults.json")
     tracker.finish()
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)

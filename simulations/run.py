@@ -11,13 +11,20 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from runconfig.load import ConfigError, to_settings
+from runconfig.load import ConfigError, to_plain, to_settings
+from server.checkpoint import CheckpointError, check_compatible, load, resolve_resume
 from textdata.shakespeare import DatasetPackageMissing
 
 
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def check_resume(settings) -> None:
+    path = resolve_resume(settings)
+    if path is not None:
+        check_compatible(load(path).settings, to_plain(settings))
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -28,8 +35,9 @@ def main(cfg: DictConfig) -> None:
     quiet_frameworks()
     try:
         settings = to_settings(cfg)
+        check_resume(settings)  # a resume that cannot work fails here, before any work
         prepare(settings)  # data, tokenizer and base checkpoint are cached for the workers
-    except (ConfigError, DatasetPackageMissing) as err:
+    except (ConfigError, DatasetPackageMissing, CheckpointError) as err:
         fail(str(err))
     launch_simulation(settings)
     print(f"done: summary in {settings.output_dir}/summary.json; MLflow store {settings.tracking.uri}")

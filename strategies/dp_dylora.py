@@ -71,7 +71,8 @@ class DyLoraFedAvg(FleetFedAvg):
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config=None, evaluate_config=None,
-              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+              first_round: int = 1) -> Result:
         """As FleetFedAvg.start; the central evaluation of the last round also scores each of ``eval_ranks``."""
         wrapped = evaluate_fn
         if evaluate_fn is not None and hasattr(evaluate_fn, "model") and self.dylora.eval_ranks:
@@ -80,7 +81,8 @@ class DyLoraFedAvg(FleetFedAvg):
                 if server_round == num_rounds:
                     metrics = MetricRecord({**dict(metrics or {}), **self.rank_metrics(evaluate_fn, arrays)})
                 return metrics
-        return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, wrapped)
+        return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, wrapped,
+                             first_round=first_round)
 
     def rank_metrics(self, evaluator, arrays: ArrayRecord) -> dict[str, float]:
         adapter = from_array_record(arrays)

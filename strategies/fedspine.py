@@ -23,7 +23,7 @@ import logging
 import math
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from transformers import AutoConfig
 
 from fleet.clock import device_time
@@ -182,31 +182,20 @@ class FedSpine(FleetFedAvg):
             out[key] = (value.shape[0] if rows is None else len(rows), value.shape[1] if cols is None else len(cols))
         return out
 
-    def valid_updates(self, server_round: int, replies) -> tuple[list[tuple[Update, int]], int]:
-        good, failed = [], 0
-        for msg in replies:
-            if msg.has_error():
-                failed += 1
-                logger.warning("round %d: a device failed: %s", server_round, msg.error.reason)
-                continue
-            update = Update.from_message(msg)
-            try:
-                structure = Structure.from_arrays(update.structure, self.dims)
-                rank = int(update.metrics["rank"])
-                shapes = self.expected_shapes(structure, rank)
-                ok = 1 <= rank <= self.max_rank and update.delta.keys() == shapes.keys() and all(
-                    update.delta[k].shape == shapes[k] and np.isfinite(update.delta[k]).all() for k in shapes)
-            except (KeyError, ValueError) as err:
-                logger.warning("round %d: device %d: bad structure: %s", server_round, update.device_index, err)
-                ok = False
-            if not ok or update.num_examples <= 0:
-                failed += 1
-                logger.warning("round %d: device %d sent a malformed update", server_round, update.device_index)
-                continue
-            nbytes = msg.content[ARRAYS].count_bytes()
-            self._bytes_up[update.device_index] = nbytes
-            good.append((update, nbytes))
-        return good, failed
+    def parse_update(self, msg) -> Update:
+        """Also checks the device's structure and rank (unreadable ones are rejected by the validator)."""
+        update = super().parse_update(msg)
+        Structure.from_arrays(update.structure, self.dims)  # raises ValueError/KeyError when malformed
+        rank = int(update.metrics["rank"])
+        if not 1 <= rank <= self.max_rank:
+            raise ValueError(f"rank {rank} outside 1..{self.max_rank}")
+        self._bytes_up[update.device_index] = msg.content[ARRAYS].count_bytes()
+        return update
+
+    def update_reference(self, update: Update) -> dict[str, np.ndarray]:
+        """The shapes this device's delta must have: its kept heads/channels at its rank (validated centrally)."""
+        shapes = self.expected_shapes(Structure.from_arrays(update.structure, self.dims), int(update.metrics["rank"]))
+        return {k: np.empty(shape, dtype=self._global[k].dtype) for k, shape in shapes.items()}
 
     def aggregate_updates(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
         subs = [SubUpdate(u.delta, Structure.from_arrays(u.structure, self.dims), int(u.metrics["rank"]),
@@ -290,11 +279,11 @@ class FedSpine(FleetFedAvg):
     def get_state(self) -> dict:
         """JSON-serialisable strategy state: device structures, bandits and the arm log (for checkpoints)."""
         return {
+            **super().get_state(),
             "structures": {str(i): {k: v.tolist() for k, v in s.to_arrays().items()}
                            for i, s in self.structures.items()},
             "bandits": {str(i): b.get_state() for i, b in self.bandits.items()},
             "arm_log": list(self.arm_log),
-            "sim_time_s": self.sim_time_s,
         }
 
     def set_state(self, state: dict) -> None:
@@ -304,4 +293,4 @@ class FedSpine(FleetFedAvg):
         for i, b in state["bandits"].items():
             self.bandit_of(self.devices[int(i)]).set_state(b)
         self.arm_log = list(state["arm_log"])
-        self.sim_time_s = float(state["sim_time_s"])
+        super().set_state(state)

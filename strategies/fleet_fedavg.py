@@ -11,6 +11,11 @@ Differs from Flower's built-in ``FedAvg`` (``flwr.serverapp.strategy.FedAvg``) w
   slowest reply's device time (compute scaled to the device + bytes over its links).
 * **Observers.** ``start`` mirrors ``Strategy.start``'s round loop and hands every round's metrics to
   observers (MLflow, the progress bar), as Flower's own examples do by overriding ``start``.
+* **Faults** (docs/faults.md). Devices fail mid-round (per-class ``failure_rate``) or reply after the round's
+  simulated deadline; every reply is validated before aggregation (strategies/update_validation.py); a round
+  with too few replies is retried or skipped; ``aggregation.rule`` picks a robust rule. After every round,
+  ``round_end_hooks`` see the final state (the checkpointer); ``get_state``/``set_state`` carry what a
+  subclass must keep across a resume (bandit, accountant): extend both with ``super()``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from fleet.clock import DeviceTime, device_time, round_time
+from fleet.availability import failing_devices, on_time, round_duration, selection_size
+from fleet.clock import device_time
 from fleet.devices import Device
 from fleet.memory import ModelShape, training_bytes
 from protocol.messages import (
@@ -41,7 +47,9 @@ from protocol.messages import (
     work_message_content,
 )
 from runconfig.schema import Settings
-from strategies.aggregation import apply_delta, weighted_mean
+from strategies import robust_aggregation
+from strategies.aggregation import apply_delta
+from strategies.update_validation import Checked, UpdateValidator
 from zeroqat import upload
 
 logger = logging.getLogger(__name__)
@@ -67,6 +75,8 @@ class RoundLedger:
     skipped_memory: int = 0
     bytes_down_each: int = 0
     bytes_down: dict[int, int] = field(default_factory=dict)  # device index -> bytes of its train message
+    failing: set[int] = field(default_factory=set)  # device indices that fail mid-training (never sent)
+    checked: Checked = field(default_factory=Checked)  # validation of the replies
 
 
 class FleetFedAvg(Strategy):
@@ -87,6 +97,11 @@ class FleetFedAvg(Strategy):
         self.sim_time_s = 0.0
         self._ledger = RoundLedger()
         self._global: dict[str, np.ndarray] = {}
+        self.validator = UpdateValidator(settings.validation)
+        self.model_version = 0  # global adapters produced so far (work carries it; stale replies are rejected)
+        self.attempt = 0  # retry of the current round (0: first try)
+        self.round_end_hooks: list[Callable[[int, dict[str, np.ndarray], dict[str, float]], None]] = []
+        self.fault_log: list[dict] = []  # every failed, rejected or late device with its reason (MLflow faults.json)
 
     # ------------------------------------------------------------------ fleet
     def discover(self, grid: Grid, timeout: float) -> None:
@@ -144,8 +159,10 @@ class FleetFedAvg(Strategy):
         )
 
     def select(self, server_round: int, size: int, purpose: str, trainable_params: int) -> tuple[list[Device], RoundLedger]:
-        """Seeded cohort: online devices (per-class availability) whose memory fits the work."""
-        rng = np.random.default_rng(seeded(self.settings.seed, server_round, purpose))
+        """Seeded cohort: online devices (per-class availability) whose memory fits the work (a retry of the
+        round, ``self.attempt`` > 0, draws afresh)."""
+        parts = (self.settings.seed, server_round, purpose) + ((self.attempt,) if self.attempt else ())
+        rng = np.random.default_rng(seeded(*parts))
         ledger = RoundLedger()
         candidates = []
         for device in self.devices:
@@ -166,36 +183,44 @@ class FleetFedAvg(Strategy):
     ) -> Iterable[Message]:
         self._global = from_array_record(arrays)
         trainable = sum(v.size for v in self._global.values())
-        cohort, ledger = self.select(server_round, self.settings.federation.cohort_size, "train", trainable)
+        fed = self.settings.federation
+        size = selection_size(fed.cohort_size, fed.over_selection)
+        cohort, ledger = self.select(server_round, size, "train", trainable)
         ledger.bytes_down_each = arrays.count_bytes()
+        # devices that will fail mid-training are not run: their reply would never arrive
+        ledger.failing = failing_devices(cohort, seeded(self.settings.seed, server_round, self.attempt, "failure"))
         messages = []
         for device in cohort:
+            if device.index in ledger.failing:
+                continue
             node = self.node_of_device[device.index]
             ledger.sent[node] = device
-            content = self.train_content(arrays, self.work_for(device, server_round), device)
+            work = self.work_for(device, server_round)
+            work.model_version = self.model_version
+            content = self.train_content(arrays, work, device)
             ledger.bytes_down[device.index] = content[ARRAYS].count_bytes()
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         self._ledger = ledger
         return messages
 
     def valid_updates(self, server_round: int, replies: Iterable[Message]) -> tuple[list[tuple[Update, int]], int]:
-        """Replies that carry a usable update (with their upload size), and how many failed."""
-        good, failed = [], 0
-        for msg in replies:
-            if msg.has_error():
-                failed += 1
-                logger.warning("round %d: a device failed: %s", server_round, msg.error.reason)
-                continue
-            update = self.expand_update(Update.from_message(msg))
-            ok_shapes = update.delta.keys() == self._global.keys() and all(
-                update.delta[k].shape == self._global[k].shape for k in self._global
-            )
-            if not ok_shapes or update.num_examples <= 0:
-                failed += 1
-                logger.warning("round %d: device %d sent a malformed update", server_round, update.device_index)
-                continue
-            good.append((update, msg.content[ARRAYS].count_bytes()))
-        return good, failed
+        """Replies that pass validation (with their upload size, by device index), and how many failed.
+
+        Rejections (with device and reason) are kept in the round's ledger (``checked``) and counted in MLflow.
+        """
+        checked = self.validator.check(server_round, self.model_version, self.update_reference, replies,
+                                       {node: d.index for node, d in self._ledger.sent.items()}, self.parse_update)
+        self._ledger.checked = checked
+        return checked.accepted, len(checked.failed)
+
+    def parse_update(self, msg: Message) -> Update:
+        """A reply as an Update (subclasses expand compressed uploads here, before validation)."""
+        return self.expand_update(Update.from_message(msg))
+
+    def update_reference(self, update: Update) -> dict[str, np.ndarray]:
+        """Names, shapes and dtype a device's delta must have: the global adapter's (strategies whose devices
+        train other ranks return the device's own)."""
+        return self._global
 
     def expand_update(self, update: Update) -> Update:
         """A ZO device's seed-only upload (seeds, projected gradients) replayed into the adapter delta it stands for."""
@@ -216,8 +241,9 @@ class FleetFedAvg(Strategy):
         return out
 
     def aggregate_updates(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
-        """The global delta of this round (example-weighted FedAvg)."""
-        return weighted_mean([u.delta for u in updates], [u.num_examples for u in updates])
+        """The global delta of this round (example-weighted FedAvg, or ``aggregation.rule``'s robust rule)."""
+        return robust_aggregation.aggregate(self.settings.aggregation, [u.delta for u in updates],
+                                            [u.num_examples for u in updates])
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -225,47 +251,105 @@ class FleetFedAvg(Strategy):
         replies = list(replies)
         good, failed = self.valid_updates(server_round, replies)
         ledger = self._ledger
+        fed = self.settings.federation
         no_reply = len(ledger.sent) - len(replies)  # lost devices (a killed SuperNode): the round went on without them
         if no_reply:
             logger.warning("round %d: %d device(s) sent no reply within the round timeout", server_round, no_reply)
-        metrics = {
-            "fleet/replies": len(good),
-            "fleet/failures": failed,
-            "fleet/no_reply": no_reply,
-            "fleet/offline": ledger.offline,
-            "fleet/skipped_memory": ledger.skipped_memory,
-        }
-        if not good:
-            return None, MetricRecord(metrics)
-        updates = [u for u, _ in good]
-        new_global = apply_delta(self._global, self.aggregate_updates(server_round, updates))
-        times: list[DeviceTime] = []
+        timed = []
         for update, bytes_up in good:
             device = self.devices[update.device_index]
-            times.append(
-                device_time(device, update.metrics["compute_s"], update.metrics["host_gflops"],
+            t = device_time(device, update.metrics["compute_s"], update.metrics["host_gflops"],
                             self.settings.fleet.compute_efficiency,
                             ledger.bytes_down.get(update.device_index, ledger.bytes_down_each), bytes_up)
-            )
-        sim_round = round_time(times)
+            timed.append(((update, bytes_up, t), t.total_s))
+        kept, late, surplus = on_time(timed, fed.deadline_s, fed.cohort_size if fed.over_selection > 0 else None)
+        for update, _, t in late:
+            logger.warning("round %d: device %d is late (%.1f s > deadline %s s)", server_round,
+                           update.device_index, t.total_s, fed.deadline_s)
+        failures = failed + len(ledger.failing)
+        self._log_faults(server_round, ledger, late)
+        sim_round = round_duration([t.total_s for _, _, t in kept], fed.deadline_s, failures + len(late) + no_reply)
         self.sim_time_s += sim_round
+        metrics = {
+            "fleet/replies": len(kept),
+            "fleet/offline": ledger.offline,
+            "fleet/skipped_memory": ledger.skipped_memory,
+            **ledger.checked.counts(),
+            "fleet/failures": failures,
+            "fleet/no_reply": no_reply,
+            "fleet/late": len(late),
+            "fleet/surplus": len(surplus),
+            "clock/sim_round_s": sim_round,
+            "clock/sim_time_s": self.sim_time_s,
+            # what was sent (devices that fail mid-training downloaded their work too)
+            "comm/bytes_down": sum(ledger.bytes_down.values()) + ledger.bytes_down_each * len(ledger.failing),
+            "comm/bytes_up": sum(b for _, b in good),
+        }
+        if len(kept) < max(1, fed.min_replies):
+            logger.warning("round %d: %d usable replies, fewer than federation.min_replies=%d", server_round,
+                           len(kept), fed.min_replies)
+            return None, MetricRecord(metrics)
+        updates = [u for u, _, _ in kept]
+        new_global = apply_delta(self._global, self.aggregate_updates(server_round, updates))
+        self.model_version += 1
         weights = np.array([u.num_examples for u in updates], dtype=float)
         metrics.update({
             "train/loss": float(np.average([u.metrics["train_loss"] for u in updates], weights=weights)),
-            "clock/sim_round_s": sim_round,
-            "clock/sim_time_s": self.sim_time_s,
-            "comm/bytes_down": sum(ledger.bytes_down.values()) if ledger.bytes_down
-            else ledger.bytes_down_each * len(ledger.sent),
-            "comm/bytes_up": sum(b for _, b in good),
             "timing/client_compute_s": sum(u.metrics["compute_s"] for u in updates),
             "memory/peak_rss_mb": max(u.metrics.get("peak_rss_mb", 0.0) for u in updates),
-            **self.class_metrics(good),
+            **self.class_metrics([(u, b) for u, b, _ in kept]),
         })
         for trainer in {self.trainer_for(self.devices[u.device_index]) for u in updates}:
             mine = [u for u in updates if self.trainer_for(self.devices[u.device_index]) == trainer]
             metrics[f"memory/peak_rss_mb.{trainer}"] = max(u.metrics.get("peak_rss_mb", 0.0) for u in mine)
             metrics[f"train/loss.{trainer}"] = float(np.mean([u.metrics["train_loss"] for u in mine]))
         return to_array_record(new_global), MetricRecord(metrics)
+
+    def _log_faults(self, server_round: int, ledger: RoundLedger, late: list) -> None:
+        rows = [(d, "failed", "mid_training", "failure_rate draw") for d in sorted(ledger.failing)]
+        rows += [(v.device_index, "failed", v.reason, v.detail) for v in ledger.checked.failed]
+        rows += [(v.device_index, "rejected", v.reason, v.detail) for v in ledger.checked.rejected]
+        rows += [(u.device_index, "late", "deadline", f"{t.total_s:.3g} s") for u, _, t in late]
+        self.fault_log += [{"round": server_round, "attempt": self.attempt, "device": d, "outcome": o, "reason": r,
+                            "detail": detail[:300]} for d, o, r, detail in rows]
+
+    def train_round(
+        self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord, timeout: float
+    ) -> tuple[ArrayRecord | None, dict[str, float]]:
+        """One round's training; a short round is retried with a fresh cohort (``federation.on_short_round``)
+        up to ``max_retries`` times, then skipped (the global adapter stays). Counts add up over attempts."""
+        fed = self.settings.federation
+        retries = fed.max_retries if fed.on_short_round == "retry" else 0
+        totals: dict[str, float] = {}
+        new_arrays, metrics = None, {}
+        for attempt in range(retries + 1):
+            self.attempt = attempt
+            replies = grid.send_and_receive(self.configure_train(server_round, arrays, config, grid), timeout=timeout)
+            new_arrays, train_metrics = self.aggregate_train(server_round, replies)
+            metrics = dict(train_metrics or {})
+            for key, value in metrics.items():
+                if key.startswith(("fleet/", "comm/", "clock/sim_round_s")) and key != "fleet/replies":
+                    totals[key] = totals.get(key, 0) + value
+            if new_arrays is not None:
+                break
+        self.attempt = 0
+        metrics.update(totals)
+        metrics["fleet/attempts"] = attempt + 1
+        metrics["fleet/skipped_round"] = int(new_arrays is None)
+        if new_arrays is None:
+            logger.warning("round %d skipped after %d attempt(s): the global adapter stays", server_round, attempt + 1)
+        return new_arrays, metrics
+
+    # ------------------------------------------------------------- resume
+    def get_state(self) -> dict:
+        """What the strategy must carry across a resume (checkpointed after every round). Subclasses add
+        their own keys (bandit statistics, privacy accountant) with ``{**super().get_state(), ...}``."""
+        return {"sim_time_s": self.sim_time_s, "model_version": self.model_version, "fault_log": list(self.fault_log)}
+
+    def set_state(self, state: dict) -> None:
+        self.sim_time_s = float(state.get("sim_time_s", 0.0))
+        self.model_version = int(state.get("model_version", 0))
+        self.fault_log = list(state.get("fault_log", []))
 
     # ----------------------------------------------------------- evaluation
     def configure_evaluate(
@@ -315,27 +399,27 @@ class FleetFedAvg(Strategy):
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        first_round: int = 1,
     ) -> Result:
+        """The round loop. ``first_round`` > 1 resumes: ``initial_arrays`` and ``set_state`` come from the
+        checkpoint of round ``first_round - 1`` (the initial evaluation is not repeated)."""
         train_config = train_config or ConfigRecord()
         evaluate_config = evaluate_config or ConfigRecord()
         result = Result(arrays=initial_arrays)
         self.discover(grid, timeout)
-        if evaluate_fn:
+        if evaluate_fn and first_round == 1:
             initial = evaluate_fn(0, initial_arrays)
             if initial is not None:
                 result.evaluate_metrics_serverapp[0] = initial
-                self._notify(0, dict(initial))
+                self._round_end(0, from_array_record(initial_arrays), dict(initial))
         arrays = initial_arrays
-        for rnd in range(1, num_rounds + 1):
+        for rnd in range(first_round, num_rounds + 1):
             t0 = time.perf_counter()
-            replies = grid.send_and_receive(self.configure_train(rnd, arrays, train_config, grid), timeout=timeout)
-            new_arrays, train_metrics = self.aggregate_train(rnd, replies)
+            new_arrays, metrics = self.train_round(grid, rnd, arrays, train_config, timeout)
             t1 = time.perf_counter()
             if new_arrays is not None:
                 arrays = result.arrays = new_arrays
-            metrics: dict[str, float] = dict(train_metrics or {})
-            if train_metrics is not None:
-                result.train_metrics_clientapp[rnd] = train_metrics
+            result.train_metrics_clientapp[rnd] = MetricRecord(metrics)
             eval_replies = grid.send_and_receive(
                 self.configure_evaluate(rnd, arrays, evaluate_config, grid), timeout=timeout
             )
@@ -359,5 +443,11 @@ class FleetFedAvg(Strategy):
                 # share of the federated phases' wall time not spent computing on clients (all workers busy = 0)
                 "timing/overhead_share": max(0.0, 1.0 - client_s / (self.concurrency * max(t2 - t0, 1e-9))),
             })
-            self._notify(rnd, metrics)
+            self._round_end(rnd, from_array_record(arrays), metrics)
         return result
+
+    def _round_end(self, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, float]) -> None:
+        """Hooks first (the checkpoint is on disk before MLflow shows the round), then observers."""
+        for hook in self.round_end_hooks:
+            hook(server_round, arrays, metrics)
+        self._notify(server_round, metrics)

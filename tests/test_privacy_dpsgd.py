@@ -10,7 +10,7 @@ from peft import get_peft_model
 from client.runtime import DeviceData
 from client.trainers import get_trainer
 from models.architectures import build_config, build_model
-from models.lora import adapter_arrays, attach_lora
+from models.lora import attach_lora
 from protocol.messages import Work
 from runconfig.schema import LoraConfig, ModelConfig
 

@@ -21,7 +21,6 @@ from quantization.quantizers import fake_quant_activation, fake_quant_weight
 from quantization.spec import parse_wa
 from runconfig.load import ConfigError, compose
 from strategies.fleet_fedavg import FleetFedAvg
-from zeroqat import upload
 from zeroqat.model import build_quantized, trainable_tensors
 from zeroqat.spsa import projected_gradient, step_seeds, zo_train
 

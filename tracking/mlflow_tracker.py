@@ -23,9 +23,15 @@ _BATCH = 100  # MLflow's limit of params per log_batch call
 
 
 class MlflowTracker:
-    def __init__(self, settings: Settings, tags: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, tags: dict[str, str] | None = None, run_id: str | None = None) -> None:
         cfg = settings.tracking
         self.client = MlflowClient(tracking_uri=cfg.uri)
+        self.tracking_uri = cfg.uri
+        if run_id is not None:
+            # resume: the same run goes on; its params were logged when it began (MLflow refuses changed ones)
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return
         experiment = self.client.get_experiment_by_name(cfg.experiment)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(cfg.experiment)
         name = cfg.run_name or f"{settings.method.name}-{settings.fleet.name}-seed{settings.seed}"
@@ -34,7 +40,6 @@ class MlflowTracker:
         if cfg.parent_run_id:
             run_tags["mlflow.parentRunId"] = cfg.parent_run_id  # MLflow's nesting convention
         self.run_id = self.client.create_run(experiment_id, run_name=name, tags=run_tags).info.run_id
-        self.tracking_uri = cfg.uri
         plain = to_plain(settings)
         params = [Param(k, v[:6000]) for k, v in flatten(plain).items()]
         for i in range(0, len(params), _BATCH):
@@ -50,6 +55,12 @@ class MlflowTracker:
         ]
         for i in range(0, len(rows), 1000):
             self.client.log_batch(self.run_id, metrics=rows[i : i + 1000])
+
+    def has_step(self, key: str, step: int) -> bool:
+        return any(m.step == step for m in self.client.get_metric_history(self.run_id, key))
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
