@@ -19,7 +19,7 @@ def comparison(tmp_path_factory, fast_overrides):
     work = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{work / 'mlflow.db'}"
     (work / "README.md").write_text("# test readme\n")
-    args = ["-m", "simulations.compare", "fleet_name=8dev_test", "methods={fedavg_lora:[]}", "seeds=[0,1]",
+    args = ["-m", "simulations.compare", "fleet_name=8dev_test", "~methods", "+methods={fedavg_lora:[]}", "seeds=[0,1]",
             "rounds=2", f"tracking_uri={uri}",
             f"results_dir={work / 'results'}", f"docs_file={work / 'docs' / 'results.md'}",
             f"readme_file={work / 'README.md'}", "experiment=cmp-test",
