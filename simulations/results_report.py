@@ -171,7 +171,7 @@ def build(client: MlflowClient, summaries: dict, target_ppl: float | None, docs_
             report.figures.append(figures_dir / name)
 
     rows = ["| method | seeds | final perplexity | final accuracy | time to target (sim s) | MB moved | "
-            "peak device memory (MB) | epsilon |", "|---|---|---|---|---|---|---|---|"]
+            "peak client worker RSS (MB) | epsilon |", "|---|---|---|---|---|---|---|---|"]
     for method, runs in sorted(by_method.items()):
         last = [c.ppl[max(c.ppl)] for c in runs]
         acc = [c.accuracy[max(c.accuracy)] for c in runs]
