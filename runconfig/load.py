@@ -163,6 +163,7 @@ def _validate_rounds_and_faults(s: Settings) -> None:
     """Deadlines, retries, validation bounds, robust aggregation, checkpoints, fault injection."""
     fed, size = s.federation, s.fleet.size
     _require(fed.round_timeout_s > 0, "federation.round_timeout_s", "must be > 0 (a round must end)", "e.g. 600")
+    _require(fed.connect_timeout_s >= 0, "federation.connect_timeout_s", "must be >= 0", "e.g. 120")
     _require(fed.deadline_s is None or fed.deadline_s > 0, "federation.deadline_s", "must be > 0 or null",
              "federation.deadline_s=null (no deadline) or a number of simulated seconds")
     _require(fed.over_selection >= 0, "federation.over_selection", "must be >= 0", "e.g. 0.3 (ask 30% more devices)")

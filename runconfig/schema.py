@@ -152,6 +152,7 @@ class FederationConfig:
     cohort_size: int = 16
     eval_cohort_size: int = 16
     round_timeout_s: float = 600.0
+    connect_timeout_s: float = 120.0  # how long the server waits for the fleet's nodes before going on
     deadline_s: Optional[float] = None  # simulated-clock deadline per round; later replies are dropped as late
     over_selection: float = 0.0  # ask cohort_size * (1 + this) devices; keep the first cohort_size to arrive
     min_replies: int = 1  # fewer usable replies than this: the round is short

@@ -106,9 +106,15 @@ class FleetFedAvg(Strategy):
     # ------------------------------------------------------------------ fleet
     def discover(self, grid: Grid, timeout: float) -> None:
         """Ask every connected node which device it is (one ``query`` message each)."""
-        deadline = time.monotonic() + timeout
+        wait_s = self.settings.federation.connect_timeout_s
+        deadline = time.monotonic() + wait_s
         while len(nodes := list(grid.get_node_ids())) < len(self.devices) and time.monotonic() < deadline:
             time.sleep(0.5)
+        if len(nodes) < len(self.devices):
+            logger.warning(
+                "fleet: %d of %d devices connected after %.0f s; going on with them (the federation has fewer "
+                "SuperNodes than fleet.size: e.g. `flwr federation simulation-config ... --num-supernodes %d`)",
+                len(nodes), len(self.devices), wait_s, len(self.devices))
         messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
         for reply in grid.send_and_receive(messages, timeout=timeout):
             if reply.has_error():
