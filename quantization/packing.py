@@ -39,7 +39,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """Inverse of :func:`pack`: the first ``numel`` codes as uint8."""
     if bits in (2, 4, 8):
-        per, mask = 8 // bits, 2**bits - 1
+        mask = 2**bits - 1
         shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
         codes = (packed.reshape(-1, 1) >> shifts) & mask
         return codes.reshape(-1)[:numel]

@@ -78,7 +78,6 @@ def test_bandit_converges_to_the_best_arm_and_regret_falls():
 
 
 def test_bandit_respects_feasibility_and_state_round_trips():
-    rng = np.random.default_rng(1)
     bandit = SmoothUCB(max_ratio=0.8, ranks=[2, 4, 8, 16])
     fits = lambda ratio, rank: rank <= 4 and ratio >= 0.4  # noqa: E731  (a device short of memory)
     for _ in range(30):
