@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from runconfig.schema import DeviceClass, FleetConfig
 
@@ -30,7 +31,22 @@ def class_counts(fleet: FleetConfig) -> dict[str, int]:
 
 
 def build_fleet(fleet: FleetConfig, seed: int) -> list[Device]:
-    """Devices 0..size-1; classes are interleaved by a seeded shuffle so no index range is one class."""
+    """Devices 0..size-1; classes are interleaved by a seeded shuffle so no index range is one class.
+
+    With ``fleet.link_spread`` / ``fleet.compute_spread`` > 0, each device's links / peak compute differ from
+    its class's nominal values by a lognormal factor (a board further from the access point, a phone on a weak
+    cell, a Jetson in a lower power mode), so a device's class alone does not tell its speed.
+    """
     names = [name for name, n in class_counts(fleet).items() for _ in range(n)]
-    random.Random(seed).shuffle(names)
-    return [Device(i, name, fleet.classes[name]) for i, name in enumerate(names)]
+    rng = random.Random(seed)
+    rng.shuffle(names)
+    devices = []
+    for i, name in enumerate(names):
+        profile = fleet.classes[name]
+        link = math.exp(rng.gauss(0.0, fleet.link_spread)) if fleet.link_spread else 1.0
+        compute = math.exp(rng.gauss(0.0, fleet.compute_spread)) if fleet.compute_spread else 1.0
+        if link != 1.0 or compute != 1.0:
+            profile = replace(profile, uplink_mbps=profile.uplink_mbps * link,
+                              downlink_mbps=profile.downlink_mbps * link, peak_gflops=profile.peak_gflops * compute)
+        devices.append(Device(i, name, profile))
+    return devices

@@ -45,3 +45,19 @@ def test_80dev_mix_and_fedspine_testbed():
         "jetson_tx2": 20, "jetson_xavier_nx": 25, "jetson_agx_xavier": 10, "pixel_8": 15, "oneplus_12": 10}
     assert class_counts(compose(["+fleet=80dev_jetson"]).fleet) == {
         "jetson_tx2": 30, "jetson_xavier_nx": 40, "jetson_agx_xavier": 10}
+
+
+def test_spreads_make_devices_of_a_class_differ_reproducibly():
+    plain = build_fleet(compose(["+fleet=80dev"]).fleet, seed=3)
+    spread_cfg = compose(["+fleet=80dev", "fleet.link_spread=0.5", "fleet.compute_spread=0.3"]).fleet
+    spread = build_fleet(spread_cfg, seed=3)
+    assert [d.class_name for d in spread] == [d.class_name for d in plain]  # same devices, same data
+    assert spread == build_fleet(spread_cfg, seed=3)  # drawn from the seed
+    for name in spread_cfg.classes:
+        nominal = spread_cfg.classes[name]
+        members = [d.profile for d in spread if d.class_name == name]
+        assert len({round(p.uplink_mbps, 6) for p in members}) == len(members) > 1
+        for p in members:  # one factor per device for both links; memory and trainer are the class's
+            assert p.downlink_mbps / p.uplink_mbps == pytest.approx(nominal.downlink_mbps / nominal.uplink_mbps)
+            assert (p.memory_gb, p.trainer) == (nominal.memory_gb, nominal.trainer)
+    assert all(d.profile == compose(["+fleet=80dev"]).fleet.classes[d.class_name] for d in plain)
