@@ -55,6 +55,10 @@ def validate(s: Settings) -> None:
     total = sum(c.share for c in f.classes.values())
     _require(abs(total - 1.0) < 1e-6, "fleet.classes.*.share", f"shares sum to {total:g}, not 1", "fix the shares")
     _require(0 < f.compute_efficiency <= 1, "fleet.compute_efficiency", "must be in (0, 1]", "e.g. 0.25")
+    for spread in ("link_spread", "compute_spread"):
+        value = getattr(f, spread)
+        _require(0 <= value <= 2, f"fleet.{spread}", f"must be in [0, 2] (a lognormal sigma), got {value}",
+                 "e.g. 0.5 (most devices within x0.6-x1.6 of their class), 0 for identical devices")
     for name, c in f.classes.items():
         key = f"fleet.classes.{name}"
         _require(c.share >= 0, f"{key}.share", "must be >= 0", "a fraction of the fleet")
@@ -146,6 +150,8 @@ def _validate_fedspine(s: Settings) -> None:
     _require(0 <= f.importance_ema < 1, f"{key}.importance_ema", "must be in [0, 1)", "e.g. 0.9")
     _require(f.head_rule in ("within_groups", "whole_groups"), f"{key}.head_rule", f"unknown '{f.head_rule}'",
              "within_groups or whole_groups")
+    _require(f.reward.time_reference in ("median", "max"), f"{key}.reward.time_reference",
+             f"unknown '{f.reward.time_reference}'", "median or max")
     if f.policy == "fixed":
         _require(1 <= f.fixed_rank <= s.method.lora.rank, f"{key}.fixed_rank", "must be in 1..method.lora.rank",
                  "e.g. 8")

@@ -34,6 +34,10 @@ class FleetConfig:
     name: str = MISSING
     size: int = MISSING
     compute_efficiency: float = 0.25  # achieved / peak FLOP rate when fine-tuning small batches on device
+    # Spread of devices within a class (fleet/devices.py): each device's link rates / peak compute are its
+    # class's nominal values times exp(N(0, spread^2)), drawn once per device from the seed. 0: identical.
+    link_spread: float = 0.0
+    compute_spread: float = 0.0
     classes: dict[str, DeviceClass] = field(default_factory=dict)
 
 
@@ -97,7 +101,8 @@ class FedSpineRewardConfig:
     loss: float = 1.0  # local-loss improvement, relative to the cohort's best
     prune: float = 0.5  # pruning progress toward fedspine.target_sparsity
     importance: float = 0.5  # size of the LoRA update (||delta(sBA)||_F), relative to the cohort's largest
-    time: float = 1.0  # completion time relative to the cohort's slowest (a penalty)
+    time: float = 1.0  # completion time relative to the cohort's (time_reference) time (a penalty)
+    time_reference: str = "median"  # median | max: what a device's completion time is divided by
 
 
 @dataclass
@@ -107,6 +112,7 @@ class FedSpineBanditConfig:
     explore: float = 0.5  # UCB exploration coefficient
     split_after: int = 2  # pulls before a cell is split (doubles per depth level)
     max_depth: int = 3
+    frontier: bool = True  # explore only cells tried or next to a tried one (grow outward from the cheapest)
 
 
 @dataclass

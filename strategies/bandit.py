@@ -15,6 +15,11 @@ knowledge of the device. Our version:
   ``UCB_c = mu~_c + explore * sqrt(log(t+1) / n~_c)``; a cell with ``n~_c`` below 1e-9 is tried first.
 * Refinement: a cell pulled ``split_after`` times (times 2 per extra depth level) is split into 2 halves
   that inherit its statistics at half its count each (zooming), down to ``max_depth``.
+* Frontier (``frontier=True``): only cells already tried, or next to a tried one (same rank and touching ratio
+  interval, or the neighbouring rank over an overlapping interval), are candidates. Exploration then grows
+  outward from the first arm (the cheapest) instead of jumping to the far corner of the space: in a synchronous
+  round one device exploring its most expensive arm makes everyone wait, so far jumps cost the whole fleet.
+  Every cell is still reachable (the frontier grows whenever its UCB wins), so the regret argument of UCB holds.
 * Infeasible arms (``feasible(ratio, rank)`` false: training would not fit the device's memory) are never
   chosen.
 
@@ -44,12 +49,13 @@ class Cell:
 
 class SmoothUCB:
     def __init__(self, *, max_ratio: float, ranks: list[int], grid: int = 2, bandwidth: float = 0.25,
-                 explore: float = 0.5, split_after: int = 2, max_depth: int = 3) -> None:
+                 explore: float = 0.5, split_after: int = 2, max_depth: int = 3, frontier: bool = False) -> None:
         if not ranks or max_ratio < 0:
             raise ValueError("need at least one rank and max_ratio >= 0")
         self.max_ratio, self.ranks = float(max_ratio), sorted(int(r) for r in ranks)
         self.bandwidth, self.explore = bandwidth, explore
         self.split_after, self.max_depth = split_after, max_depth
+        self.frontier = frontier
         self.t = 0
         self.cells = [Cell(i / grid, (i + 1) / grid, k, 0) for k in range(len(self.ranks)) for i in range(grid)]
 
@@ -83,13 +89,28 @@ class SmoothUCB:
         highest pruning ratio: knowing nothing of the device, its first round should not make it a straggler.
         """
         _, _, ucb = self.scores()
-        options = [(i, self.arm_of(c)) for i, c in enumerate(self.cells)]
+        options = [(i, self.arm_of(c)) for i, c in enumerate(self.cells) if self._open(c)]
         options = [(i, arm) for i, arm in options if feasible is None or feasible(*arm)]
         if not options:
             return None
         best = max(ucb[i] for i, _ in options)
         tied = [arm for i, arm in options if ucb[i] >= best - 1e-12]
         return min(tied, key=lambda arm: (arm[1], -arm[0]))
+
+    def _open(self, cell: Cell) -> bool:
+        """Whether the frontier lets ``cell`` be chosen (always, without a frontier or before any pull)."""
+        tried = [c for c in self.cells if c.count > 0]
+        if not self.frontier or not tried or cell.count > 0:
+            return True
+        eps = 1e-9
+        for c in tried:
+            same_rank_touching = c.rank_idx == cell.rank_idx and (
+                abs(c.hi - cell.lo) < eps or abs(cell.hi - c.lo) < eps)
+            next_rank_overlapping = abs(c.rank_idx - cell.rank_idx) == 1 and c.lo < cell.hi - eps and \
+                cell.lo < c.hi - eps
+            if same_rank_touching or next_rank_overlapping:
+                return True
+        return False
 
     # ------------------------------------------------------------------ learning
     def _cell_of(self, arm: tuple[float, int]) -> int:

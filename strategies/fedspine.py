@@ -10,11 +10,12 @@ holds: sliced to its structure and rank) and averaged per coordinate over their 
 
 Reward of a device's arm after a round (each term relative to this round's cohort; docs/fedspine.md):
 
-    reward = w_loss * gain/max_gain + w_prune * progress + w_importance * update/max_update - w_time * T/T_max
+    reward = w_loss * gain/max_gain + w_prune * progress + w_importance * update/max_update - w_time * T/T_ref
 
 ``gain`` = its local loss drop (first vs last quarter of its iterations, relative), ``progress`` = the share of
 the remaining way to ``target_sparsity`` it covered this round (1 once there), ``update`` = the size of its
-LoRA update ||s(B'A' - BA)||_F, ``T`` = its simulated completion time (compute + transfers).
+LoRA update ||s(B'A' - BA)||_F, ``T`` = its simulated completion time (compute + transfers) and ``T_ref`` the
+cohort's median completion time (``reward.time_reference``; or its slowest, ``max``).
 """
 
 from __future__ import annotations
@@ -48,13 +49,18 @@ _MODULE_DIMS = {  # LoRA target -> (in dim, out dim) kinds: h hidden, q heads*d,
 
 
 def cohort_rewards(rows: list[dict], weights) -> list[float]:
-    """Rewards for one round's cohort: rows have gain, progress, update, time (see the module docstring)."""
+    """Rewards for one round's cohort: rows have gain, progress, update, time (see the module docstring).
+
+    With ``time_reference: median`` a device that takes k times the cohort's median pays k * w_time: the
+    straggler that sets the round's length pays most, which is what makes a synchronous round slow.
+    """
     max_gain = max((abs(r["gain"]) for r in rows), default=0.0) or 1.0
     max_update = max((r["update"] for r in rows), default=0.0) or 1.0
-    max_time = max((r["time"] for r in rows), default=0.0) or 1.0
+    times = [r["time"] for r in rows]
+    ref_time = (float(np.median(times)) if weights.time_reference == "median" else max(times, default=0.0)) or 1.0
     return [
         weights.loss * r["gain"] / max_gain + weights.prune * r["progress"]
-        + weights.importance * r["update"] / max_update - weights.time * r["time"] / max_time
+        + weights.importance * r["update"] / max_update - weights.time * r["time"] / ref_time
         for r in rows
     ]
 
@@ -85,7 +91,7 @@ class FedSpine(FleetFedAvg):
             b = self.cfg.bandit
             self.bandits[device.index] = SmoothUCB(
                 max_ratio=self.cfg.max_ratio, ranks=list(self.cfg.ranks), grid=b.grid, bandwidth=b.bandwidth,
-                explore=b.explore, split_after=b.split_after, max_depth=b.max_depth)
+                explore=b.explore, split_after=b.split_after, max_depth=b.max_depth, frontier=b.frontier)
         return self.bandits[device.index]
 
     # ------------------------------------------------------------------ memory (pruned shape)

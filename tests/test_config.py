@@ -39,6 +39,8 @@ def test_no_fleet_lists_the_fleets():
         (["client.lr=-1"], "client.lr"),
         (["model.num_kv_heads=3"], "model.num_kv_heads"),
         (["fleet.classes.pixel_8.share=0.5"], "share"),
+        (["fleet.link_spread=-0.1"], "fleet.link_spread"),
+        (["method=fedspine", "method.fedspine.reward.time_reference=mean"], "method.fedspine.reward.time_reference"),
     ],
 )
 def test_bad_values_name_the_key(overrides, key):

@@ -60,10 +60,11 @@ def env_reward(arm):
     return 1.0 - (ratio - 0.6) ** 2 * 2 - (np.log2(rank) - 3) ** 2 * 0.1
 
 
-def test_bandit_converges_to_the_best_arm_and_regret_falls():
+@pytest.mark.parametrize("frontier", [False, True])
+def test_bandit_converges_to_the_best_arm_and_regret_falls(frontier):
     rng = np.random.default_rng(0)
     bandit = SmoothUCB(max_ratio=0.8, ranks=[2, 4, 8, 16, 32], grid=2, bandwidth=0.2, explore=0.3,
-                       split_after=2, max_depth=3)
+                       split_after=2, max_depth=3, frontier=frontier)
     best = max(env_reward((r, k)) for r in np.linspace(0, 0.8, 81) for k in [2, 4, 8, 16, 32])
     regrets = []
     for _ in range(240):
@@ -91,3 +92,20 @@ def test_bandit_respects_feasibility_and_state_round_trips():
     assert bandit.choose(lambda ratio, rank: False) is None
     fresh = SmoothUCB(max_ratio=0.8, ranks=[2, 4, 8, 16], grid=2)
     assert fresh.choose() == (0.6, 2)  # nothing known: the cheapest work first (lowest rank, most pruning)
+
+
+def test_frontier_grows_outward_from_the_cheapest_arm():
+    """With a frontier, each new cell tried touches one tried before (no jump to the far, expensive corner)."""
+    bandit = SmoothUCB(max_ratio=0.8, ranks=[2, 4, 8, 16], grid=2, bandwidth=0.25, explore=0.5, frontier=True)
+    free = SmoothUCB(max_ratio=0.8, ranks=[2, 4, 8, 16], grid=2, bandwidth=0.25, explore=0.5, frontier=False)
+    flat = lambda arm: 0.0  # noqa: E731  (nothing to prefer: exploration alone decides)
+    tried_ranks, free_ranks = [], []
+    for _ in range(6):
+        for b, log in ((bandit, tried_ranks), (free, free_ranks)):
+            arm = b.choose()
+            log.append(arm[1])
+            b.update(arm, flat(arm))
+    assert tried_ranks[0] == free_ranks[0] == 2
+    # the frontier climbs one rank at a time; plain UCB jumps to the rank farthest from what it knows
+    assert all(b <= 2 * a for a, b in zip(sorted(set(tried_ranks)), sorted(set(tried_ranks))[1:]))
+    assert free_ranks[1] == 16 and tried_ranks[1] in (2, 4)
