@@ -1,6 +1,6 @@
 """DP-LoRA vs DP-DyLoRA under user-level DP-FedAvg on a population of >= 1,000 Shakespeare roles.
 
-``python -m benchmarks.dp`` (about 15 minutes on 2 shared CPU cores). Every run goes through the real ServerApp
+``python -m benchmarks.dp`` (about 25 minutes on 2 CPU cores; one process per method). Every run goes through the real ServerApp
 code (``server.federation.run_server``: strategy, DP mixin, Opacus accounting, MLflow) and the real ClientApp
 handlers, on :class:`simulations.inprocess.InProcessGrid` (no Ray: only the sampled clients compute).
 epsilon = inf is the non-private run (privacy=none: plain FedAvg of the same method, same rounds and seeds);
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -29,8 +30,9 @@ def overrides(args, method: str, eps: float) -> list[str]:
         f"rounds={args.rounds}", f"seed={args.seed}", f"federation.cohort_size={args.cohort}",
         "federation.eval_cohort_size=0", f"client.local_steps={args.local_steps}", f"client.lr={args.lr}",
         f"model.pretrain.steps={args.pretrain_steps}", "model.pretrain.warmup_steps=15",
-        "method.lora.target_modules=[q_proj,v_proj]", f"data.central_eval_windows={args.eval_windows}",
-        f"cache_dir={args.cache_dir}", f"tracking.uri=sqlite:///{args.workdir}/mlflow.db",
+        f"method.lora.target_modules=[{args.target_modules}]", f"method.lora.rank={args.rank}",
+        f"data.central_eval_windows={args.eval_windows}",
+        f"cache_dir={args.cache_dir}", f"tracking.uri=sqlite:///{args.workdir}/mlflow-{method}.db",
         "tracking.experiment=benchmark-dp", "tracking.log_adapter=false",
     ]
     if math.isinf(eps):
@@ -117,7 +119,8 @@ def write(args, rows: list[dict], total_s: float) -> dict:
         f"`python -m benchmarks.dp` — population N = {args.population} Shakespeare roles (data.min_lines=1, "
         f"tiny-llama pretrained {args.pretrain_steps} steps), {args.rounds} rounds, Poisson sampling q = "
         f"{args.cohort}/{args.population}, clip C = {args.clip}, delta = 1/N^1.1 = {out['delta']:.3g}, "
-        f"LoRA r=8 on q_proj,v_proj, {args.local_steps} local AdamW steps, seed {args.seed}.",
+        f"LoRA r={args.rank} on {args.target_modules}, {args.local_steps} local AdamW steps at lr {args.lr}, "
+        f"seed {args.seed}, {args.eval_windows} test windows.",
         "**Engine: in-process** (`simulations/inprocess.py`, no Ray: the same ServerApp, strategies, DP mixin, "
         "Opacus accounting, MLflow tracking and ClientApp handlers; only sampled clients compute).",
         "epsilon = inf is the non-private run (privacy=none: plain example-weighted FedAvg of the same method).",
@@ -195,31 +198,49 @@ def plot(json_path: Path = DOCS / "dp.json") -> Path | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--population", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--cohort", type=int, default=40)
-    ap.add_argument("--local-steps", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=5e-3)
-    ap.add_argument("--clip", type=float, default=0.5)
-    ap.add_argument("--pretrain-steps", type=int, default=150)
-    ap.add_argument("--eval-windows", type=int, default=96)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--cohort", type=int, default=80)
+    ap.add_argument("--local-steps", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--clip", type=float, default=2.0)
+    ap.add_argument("--rank", type=int, default=8, help="LoRA rank (DP-DyLoRA's maximum rank)")
+    ap.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    ap.add_argument("--pretrain-steps", type=int, default=40)
+    ap.add_argument("--eval-windows", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "edgefleet"))
     ap.add_argument("--workdir", default="/tmp/edgefleet-benchmark-dp")
+    ap.add_argument("--jobs", type=int, default=max(1, min(len(METHODS), os.cpu_count() or 1)),
+                    help="methods run in parallel processes (one CPU thread each)")
     args = ap.parse_args()
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from runconfig.load import compose
+    from server.preflight import prepare
+
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    prepare(compose(overrides(args, METHODS[0], math.inf)), show_progress=False)  # pretrain the base once
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        per_method = list(pool.map(run_method, [args] * len(METHODS), METHODS))
+    write(args, [row for rows in per_method for row in rows], time.perf_counter() - start)
+    plot()
+
+
+def run_method(args, method: str) -> list[dict]:
+    """Every epsilon of one method (a worker process)."""
     torch.set_num_threads(1)
     from simulations.launch import quiet_frameworks
 
     quiet_frameworks()
-    Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    rows, start = [], time.perf_counter()
-    for method in METHODS:
-        for eps in EPSILONS:
-            row = run_one(args, method, eps)
-            rows.append(row)
-            print(f"{method} eps={fmt_eps(eps)}: acc {100 * row['accuracy']:.2f}% ppl {row['perplexity']:.1f} "
-                  f"sigma {row['noise_multiplier']:.3f} ({row['wall_s']:.0f}s)", flush=True)
-    write(args, rows, time.perf_counter() - start)
-    plot()
+    rows = []
+    for eps in EPSILONS:
+        row = run_one(args, method, eps)
+        rows.append(row)
+        print(f"{method} eps={fmt_eps(eps)}: acc {100 * row['accuracy']:.2f}% ppl {row['perplexity']:.1f} "
+              f"sigma {row['noise_multiplier']:.3f} ({row['wall_s']:.0f}s)", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
