@@ -21,7 +21,7 @@ def fast_overrides(cache_dir) -> list[str]:
     return [f"cache_dir={cache_dir}", *FAST]
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600, env_extra: dict | None = None):
+def run_cli(args: list[str], cwd: Path, timeout: int = 1500, env_extra: dict | None = None):
     import subprocess
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
