@@ -58,7 +58,6 @@ class SparseAndDenseEvaluator:
 
     def __init__(self, dense, settings, prepared, sparsity: float) -> None:
         from models.base_checkpoint import load_base_model
-        from server.central_evaluation import global_test_windows
         from textdata.corpus import windows
 
         self.dense, self.settings, self.sparsity = dense, settings, sparsity
@@ -67,8 +66,7 @@ class SparseAndDenseEvaluator:
         cx, cy = windows(corpus.public_ids, settings.data.seq_len, corpus.tokenizer.pad_token_id)
         idx = torch.linspace(0, len(cx) - 1, 32).round().long()
         self.calib = cx[idx], cy[idx]
-        self.inputs, self.labels = global_test_windows(corpus, settings.data.seq_len,
-                                                       settings.data.central_eval_windows)
+        self.inputs, self.labels = dense.inputs, dense.labels  # the same held-out windows as the dense score
 
     def sparse_score(self, adapter: dict):
         from models.evaluation import evaluate_lm

@@ -109,7 +109,7 @@ class FedSpineRewardConfig:
 class FedSpineBanditConfig:
     grid: int = 2  # initial ratio intervals per rank
     bandwidth: float = 0.25  # kernel width in the normalised space (halved per refinement level)
-    explore: float = 0.5  # UCB exploration coefficient
+    explore: float = 0.2  # UCB exploration coefficient (rewards span about [-3, 2])
     split_after: int = 2  # pulls before a cell is split (doubles per depth level)
     max_depth: int = 3
     frontier: bool = True  # explore only cells tried or next to a tried one (grow outward from the cheapest)

@@ -89,7 +89,8 @@ class SmoothUCB:
         highest pruning ratio: knowing nothing of the device, its first round should not make it a straggler.
         """
         _, _, ucb = self.scores()
-        options = [(i, self.arm_of(c)) for i, c in enumerate(self.cells) if self._open(c)]
+        tried = [c for c in self.cells if c.count > 0]
+        options = [(i, self.arm_of(c)) for i, c in enumerate(self.cells) if self._open(c, tried)]
         options = [(i, arm) for i, arm in options if feasible is None or feasible(*arm)]
         if not options:
             return None
@@ -97,20 +98,15 @@ class SmoothUCB:
         tied = [arm for i, arm in options if ucb[i] >= best - 1e-12]
         return min(tied, key=lambda arm: (arm[1], -arm[0]))
 
-    def _open(self, cell: Cell) -> bool:
+    def _open(self, cell: Cell, tried: list[Cell]) -> bool:
         """Whether the frontier lets ``cell`` be chosen (always, without a frontier or before any pull)."""
-        tried = [c for c in self.cells if c.count > 0]
         if not self.frontier or not tried or cell.count > 0:
             return True
         eps = 1e-9
-        for c in tried:
-            same_rank_touching = c.rank_idx == cell.rank_idx and (
-                abs(c.hi - cell.lo) < eps or abs(cell.hi - c.lo) < eps)
-            next_rank_overlapping = abs(c.rank_idx - cell.rank_idx) == 1 and c.lo < cell.hi - eps and \
-                cell.lo < c.hi - eps
-            if same_rank_touching or next_rank_overlapping:
-                return True
-        return False
+        return any(
+            (c.rank_idx == cell.rank_idx and (abs(c.hi - cell.lo) < eps or abs(cell.hi - c.lo) < eps))  # touching
+            or (abs(c.rank_idx - cell.rank_idx) == 1 and c.lo < cell.hi - eps and cell.lo < c.hi - eps)  # overlap
+            for c in tried)
 
     # ------------------------------------------------------------------ learning
     def _cell_of(self, arm: tuple[float, int]) -> int:
