@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -11,10 +13,15 @@ from runconfig.schema import LoraConfig
 
 
 def peft_config(cfg: LoraConfig, rank: int | None = None) -> PeftLoraConfig:
+    """PEFT's LoRA config at ``rank`` (default: the full rank). ``cfg.rescale == "dylora"`` scales a rank-r
+    adapter by (alpha / R) * sqrt(R / r), DyLoRA's rescaling, through PEFT's rsLoRA scaling (alpha' / sqrt(r))
+    with alpha' = alpha / sqrt(R): the same at r = R as the standard alpha / R, larger below it."""
     r = rank or cfg.rank
+    dylora = cfg.rescale == "dylora"
     return PeftLoraConfig(
         r=r,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha / math.sqrt(cfg.rank) if dylora else cfg.alpha,
+        use_rslora=dylora,
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
         bias="none",

@@ -1,8 +1,9 @@
 """Nested (DyLoRA) adapters on PEFT's LoRA layers: the first b components of every A and B.
 
 A rank-R PEFT adapter holds ``lora_A.weight`` (R x in) and ``lora_B.weight`` (out x R). Its rank-b truncation
-keeps ``A[:b, :]`` and ``B[:, :b]`` and is run by an ordinary PEFT LoRA layer of rank b, whose scaling is
-alpha / b: DyLoRA's rescaling (Valipour et al. 2023, W0 x + (alpha / b) B_b A_b x). Clients therefore get
+keeps ``A[:b, :]`` and ``B[:, :b]`` and is run by an ordinary PEFT LoRA layer of rank b scaled by
+(alpha / R) sqrt(R / b), DyLoRA's rescaling (Valipour et al. 2023; ``method.lora.rescale: dylora``, see
+``models.lora.peft_config``). Clients therefore get
 rank-b arrays and a rank-b PEFT adapter (``Work.rank = b``), train them, and upload only the truncated
 factors; the server writes them back into the first b components of the rank-R adapter. No LoRA code here:
 only slicing of PEFT's weights, and PEFT adapters of the other ranks for evaluation.

@@ -224,6 +224,8 @@ def _validate_references(s: Settings) -> None:
     _require(s.simulation.num_cpus_per_client > 0, "simulation.num_cpus_per_client", "must be > 0", "e.g. 1")
     _require(0 <= s.method.lora.dropout < 1, "method.lora.dropout", "must be in [0, 1)", "method.lora.dropout=0.0")
     _require(s.method.lora.alpha > 0, "method.lora.alpha", "must be > 0", "method.lora.alpha=16")
+    _require(s.method.lora.rescale in ("standard", "dylora"), "method.lora.rescale",
+             f"unknown '{s.method.lora.rescale}'", "standard (alpha / r) or dylora ((alpha / rank) * sqrt(rank / r))")
     _require(s.client.eval_batches >= 1, "client.eval_batches", "must be >= 1", "client.eval_batches=4")
     _require(s.data.central_eval_windows >= 1, "data.central_eval_windows", "must be >= 1", "e.g. 96")
     partitioners = ("iid", "dirichlet", "natural_id")

@@ -92,6 +92,9 @@ class LoraConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=list)
+    # How a rank-r adapter is scaled: standard = alpha / r (PEFT's default); dylora = (alpha / rank) * sqrt(rank / r),
+    # DyLoRA's official rescaling (Valipour et al. 2023), equal to standard at the full rank.
+    rescale: str = "standard"
 
 
 @dataclass

@@ -50,24 +50,37 @@ def test_truncate_and_embed_touch_only_the_first_b_components():
                           full["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"])
 
 
-def test_every_rank_of_the_trained_adapter_runs_on_peft_layers_with_dylora_scaling():
-    """Rank b of a rank-R adapter = a PEFT rank-b adapter holding the first b components (scaling alpha/b)."""
+@pytest.mark.parametrize("rescale", ["standard", "dylora"])
+def test_every_rank_of_the_trained_adapter_runs_on_peft_layers_with_its_scaling(rescale):
+    """Rank b of a rank-R adapter = a PEFT rank-b adapter holding the first b components, scaled alpha/b
+    (standard) or (alpha/R) sqrt(R/b) (DyLoRA's rescaling); both give alpha/R at b = R."""
+    lora = LoraConfig(**{**LORA.__dict__, "rescale": rescale})
     torch.manual_seed(0)
-    peft_model = attach_lora(tiny_llama(), LORA, 0)
+    peft_model = attach_lora(tiny_llama(), lora, 0)
+    layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.scaling["default"] == pytest.approx(lora.alpha / lora.rank)
     full = random_adapter(peft_model)
     load_adapter_arrays(peft_model, full)
     x = torch.randint(3, 64, (6, 16))
     full_score = evaluate_lm(peft_model, x, x)
-    assert evaluate_at_rank(peft_model, full, 4, LORA, x, x) == full_score
+    assert evaluate_at_rank(peft_model, full, 4, lora, x, x) == full_score
     for b in (1, 2, 3):
-        score = evaluate_at_rank(peft_model, full, b, LORA, x, x)
-        layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
-        assert layer.scaling[f"rank{b}"] == pytest.approx(LORA.alpha / b)
-        reference = attach_lora(tiny_llama(), LORA, 1, rank=b)  # a fresh PEFT model of rank b
+        score = evaluate_at_rank(peft_model, full, b, lora, x, x)
+        expected = lora.alpha / b if rescale == "standard" else lora.alpha / lora.rank * (lora.rank / b) ** 0.5
+        assert layer.scaling[f"rank{b}"] == pytest.approx(expected)
+        reference = attach_lora(tiny_llama(), lora, 1, rank=b)  # a fresh PEFT model of rank b
         load_adapter_arrays(reference, truncate(full, b))
         assert score == evaluate_lm(reference, x, x)
         assert score != full_score
     assert peft_model.active_adapter == "default"
+
+
+def test_dp_dylora_uses_dylora_rescaling_and_bad_rules_are_refused():
+    assert compose(["+fleet=8dev_test", "method=dp_dylora"]).method.lora.rescale == "dylora"
+    assert compose(["+fleet=8dev_test", "method=dp_lora"]).method.lora.rescale == "standard"
+    from runconfig.load import ConfigError
+    with pytest.raises(ConfigError, match="method.lora.rescale"):
+        compose(["+fleet=8dev_test", "method=dp_dylora", "method.lora.rescale=sqrt"])
 
 
 def setup_strategy(overrides, output_dir="."):
