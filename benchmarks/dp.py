@@ -1,6 +1,7 @@
 """DP-LoRA vs DP-DyLoRA under user-level DP-FedAvg on a population of >= 1,000 Shakespeare roles.
 
-``python -m benchmarks.dp`` (about 25 minutes on 2 CPU cores; one process per method). Every run goes through the real ServerApp
+``python -m benchmarks.dp`` (about 50 minutes on 2 CPU cores: 2 seeds x 5 epsilons per method, one process per
+method; ``--rewrite`` re-renders the tables from finished runs). Every run goes through the real ServerApp
 code (``server.federation.run_server``: strategy, DP mixin, Opacus accounting, MLflow) and the real ClientApp
 handlers, on :class:`simulations.inprocess.InProcessGrid` (no Ray: only the sampled clients compute).
 epsilon = inf is the non-private run (privacy=none: plain FedAvg of the same method, same rounds and seeds);
