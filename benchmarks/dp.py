@@ -167,7 +167,8 @@ def write(args, rows: list[dict], total_s: float) -> dict:
         "# DP-LoRA vs DP-DyLoRA (user-level DP-FedAvg)",
         "",
         f"`python -m benchmarks.dp` — population N = {args.population} Shakespeare roles (one role per client, "
-        f"data.min_lines=1; tiny-llama pretrained {args.pretrain_steps} steps on {args.public_texts}), {args.rounds} rounds, Poisson sampling q = "
+        f"data.min_lines=1; tiny-llama pretrained {args.pretrain_steps} steps on {args.public_texts}), "
+        f"{args.rounds} rounds, Poisson sampling q = "
         f"{args.cohort}/{args.population}, clip C = {args.clip}, delta = 1/N^1.1 = {out['delta']:.3g}, "
         f"LoRA r={args.rank} on {args.target_modules}, {args.local_steps} local AdamW steps at lr {args.lr}, "
         f"seeds {args.seeds} (numbers are their means), {args.eval_windows} test windows.",

@@ -13,7 +13,7 @@ from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
 from privacy.dp_fedavg import strategy_for
 from privacy.dylora import embed, evaluate_at_rank, truncate
 from protocol.messages import ARRAYS, CONFIG, Update, Work, from_array_record, to_array_record
-from runconfig.load import compose
+from runconfig.load import ConfigError, compose
 from runconfig.schema import LoraConfig, ModelConfig
 from simulations.inprocess import ensure_task_identity
 
@@ -78,7 +78,6 @@ def test_every_rank_of_the_trained_adapter_runs_on_peft_layers_with_its_scaling(
 def test_dp_dylora_uses_dylora_rescaling_and_bad_rules_are_refused():
     assert compose(["+fleet=8dev_test", "method=dp_dylora"]).method.lora.rescale == "dylora"
     assert compose(["+fleet=8dev_test", "method=dp_lora"]).method.lora.rescale == "standard"
-    from runconfig.load import ConfigError
     with pytest.raises(ConfigError, match="method.lora.rescale"):
         compose(["+fleet=8dev_test", "method=dp_dylora", "method.lora.rescale=sqrt"])
 
