@@ -1,17 +1,18 @@
 """FedSpine vs baselines on +fleet=80dev: simulated time to a target perplexity, quality at equal sparsity.
 
-``python -m benchmarks.fedspine [--seeds 0 1 2 3 4] [--rounds 12] [--jobs 2]`` runs every method of the FedSpine
-harness and FedAvg-LoRA through the real strategies and ClientApp handlers (``simulations.inprocess``, one
-process per seed; the machine is too small for a Ray fleet of 80), then writes
-docs/benchmarks/fedspine.{md,json} and two plots.
+``python -m benchmarks.fedspine [--seeds 0 1 2] [--rounds 12] [--cost smollm2-135m llama-3.2-1b] [--jobs 2]`` runs
+every method of the FedSpine harness and FedAvg-LoRA through the real strategies and ClientApp handlers
+(``simulations.inprocess``, one process per seed and priced model; the machine is too small for a Ray fleet of
+80), then writes docs/benchmarks/fedspine.{md,json} and two plots per priced model. Learning runs on the proxy;
+time, bytes and memory are priced for each ``--cost`` model (conf/cost/, fleet/pricing.py).
 
 * Quality at equal sparsity, every round: the global adapter merged into the base pruned one-shot to
   ``--sparsity`` (same LoRAPrune importance on the same public calibration windows for every method) and
   scored on the held-out plays: the model a deployment at that sparsity gets. The dense quality (global
   adapter on the unpruned base) is logged and reported too.
 * Time to target: the first round whose running mean (``--smooth`` rounds) of that perplexity is <= the
-  seed's target, in simulated seconds (fleet/clock.py: measured compute scaled to the device, plus transfers
-  over its links). Each seed pretrains its own base, so each seed has its own target: half-way from its base
+  seed's target, in simulated seconds (the analytic clock: the priced model's FLOPs and bytes on each device).
+  Second column: time to reach the best baseline's own final quality at that sparsity. Each seed pretrains its own base, so each seed has its own target: half-way from its base
   to the median of the methods' final perplexities; ``target_ppl`` is their mean. Per method the mean over
   seeds (None if a seed never reaches it).
 * Devices differ within a class (``fleet.link_spread``, ``fleet.compute_spread``): a class label does not
@@ -37,9 +38,10 @@ BASELINES = ["fedavg_lora", "hetlora", "fedspine_fixed", "fedspine_random"]
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 
 
-def overrides(method: str, seed: int, rounds: int, cache: str, uri: str, extra: tuple[str, ...] = ()) -> list[str]:
+def overrides(method: str, seed: int, rounds: int, cache: str, uri: str, extra: tuple[str, ...] = (),
+              cost: str = "smollm2-135m") -> list[str]:
     common = [
-        "+fleet=80dev", f"method={method}", f"seed={seed}", f"rounds={rounds}", f"cache_dir={cache}",
+        "+fleet=80dev", f"method={method}", f"seed={seed}", f"rounds={rounds}", f"cache_dir={cache}", f"cost={cost}",
         f"tracking.uri={uri}", "tracking.log_adapter=false", "tracking.experiment=fedspine-bench",
         "federation.cohort_size=40", "federation.eval_cohort_size=0",
         "fleet.link_spread=0.5", "fleet.compute_spread=0.3",
@@ -89,7 +91,7 @@ class SparseAndDenseEvaluator:
 
 
 def run_one(method: str, seed: int, rounds: int, cache: str, uri: str, extra: tuple[str, ...] = (),
-            sparsity: float = 0.5) -> dict:
+            sparsity: float = 0.5, cost: str = "smollm2-135m") -> dict:
     """One federated run in-process; returns its per-round history (dense and sparse quality) and final state."""
     from runconfig.load import compose, to_plain
     from server.central_evaluation import CentralEvaluator
@@ -102,7 +104,7 @@ def run_one(method: str, seed: int, rounds: int, cache: str, uri: str, extra: tu
     from strategies import strategy_class
     from tracking.mlflow_tracker import MlflowTracker
 
-    settings = compose(overrides(method, seed, rounds, cache, uri, extra))
+    settings = compose(overrides(method, seed, rounds, cache, uri, extra, cost))
     prepared = prepare(settings, show_progress=False)
     peft_model = attach_lora(load_base_model(prepared.base_folder), settings.method.lora, settings.seed)
     history, tracker = History(), MlflowTracker(settings)
@@ -125,8 +127,11 @@ def run_one(method: str, seed: int, rounds: int, cache: str, uri: str, extra: tu
         "sparse_ppl": [r["eval/sparse_ppl"] for r in rows],
         "sparse_accuracy": [r["eval/sparse_accuracy"] for r in rows],
         "sim_time": [0.0] + [r.get("clock/sim_time_s", np.nan) for r in rows[1:]],
-        "bytes_up": float(sum(r.get("comm/bytes_up", 0.0) for r in rows)),
+        "bytes_up": float(sum(r.get("cost/bytes_up", 0.0) for r in rows)),  # at the priced model's shapes
         "skipped_memory": float(sum(r.get("fleet/skipped_memory", 0.0) for r in rows)),
+        "round_compute": [r.get("clock/round_compute_s", 0.0) for r in rows[1:]],
+        "round_transfer": [r.get("clock/round_transfer_s", 0.0) for r in rows[1:]],
+        "priced_as": strategy.pricer.label,
     }
 
 
@@ -178,27 +183,27 @@ def time_to(ppl: list[float], sim: list[float], target: float, window: int) -> f
 
 
 def run_seed(seed: int, methods: list[str], rounds: int, cache: str, work: str, extra: tuple[str, ...],
-             sparsity: float, with_models: bool) -> dict[str, dict]:
+             sparsity: float, with_models: bool, cost: str) -> dict[str, dict]:
     """Every method for one seed (a worker process); plain results only."""
     torch.set_num_threads(1)
     from simulations.launch import quiet_frameworks
 
     quiet_frameworks()
     os.chdir(work)  # anything a run writes to "." stays out of the repository
-    uri = f"sqlite:///{Path(work) / f'mlflow-seed{seed}.db'}"
+    uri = f"sqlite:///{Path(work) / f'mlflow-{cost}-seed{seed}.db'}"
     out = {}
     for method in methods:
-        run = run_one(method, seed, rounds, cache, uri, extra, sparsity)
+        run = run_one(method, seed, rounds, cache, uri, extra, sparsity, cost)
         strategy = run["strategy"]
         fedspine_like = hasattr(strategy, "cfg")
         out[method] = {
             **{k: run[k] for k in ("ppl", "accuracy", "sparse_ppl", "sparse_accuracy", "sim_time", "bytes_up",
-                                   "skipped_memory", "wall_s")},
+                                   "skipped_memory", "wall_s", "round_compute", "round_transfer", "priced_as")},
             "fleet_sparsity": strategy.state_metrics()["fedspine/fleet_mean_sparsity"] if fedspine_like else 0.0,
             "arm_log": list(strategy.arm_log) if fedspine_like else [],
             "per_class": per_class_models(run) if (with_models and method == "fedspine") else {},
         }
-        print(f"seed {seed} {method:16s} final ppl {run['ppl'][-1]:8.2f}  at {sparsity:.0%} sparsity "
+        print(f"[{cost}] seed {seed} {method:16s} final ppl {run['ppl'][-1]:8.2f}  at {sparsity:.0%} sparsity "
               f"{run['sparse_ppl'][-1]:8.2f}  sim {run['sim_time'][-1]:7.2f}s  wall {run['wall_s']:6.1f}s",
               flush=True)
     return out
@@ -245,34 +250,23 @@ def per_seed_speedups(times: dict[str, list], seeds: list[int]) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--methods", nargs="+", default=METHODS)
-    parser.add_argument("--sparsity", type=float, default=0.5, help="the equal sparsity every method is served at")
-    parser.add_argument("--smooth", type=int, default=3, help="rounds in the running mean used for time to target")
-    parser.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)),
-                        help="seeds run in parallel (at most one per core: the clock scales measured compute)")
-    parser.add_argument("--set", nargs="*", default=[], dest="extra", help="extra Hydra overrides for every run")
-    parser.add_argument("--cache-dir", default=os.environ.get("EDGEFLEET_CACHE", "/tmp/edgefleet-bench-cache"))
-    args = parser.parse_args(argv)
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
+def best_baseline_final(runs: dict[str, dict], key: str, window: int) -> float:
+    """The best baseline's final (smoothed) quality in one seed: the bar FedSpine's second column times."""
+    return min(smoothed(runs[m][key], window)[-1] for m in BASELINES if m in runs)
 
-    work = tempfile.mkdtemp(prefix="fedspine-bench-")
-    extra = tuple(args.extra)
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {seed: pool.submit(run_seed, seed, args.methods, args.rounds, args.cache_dir, work, extra,
-                                     args.sparsity, seed == args.seeds[0]) for seed in args.seeds}
-        per_seed = {seed: f.result() for seed, f in futures.items()}
-    seeds = args.seeds
+
+def summarise_priced(per_seed: dict[int, dict], seeds: list[int], methods: list[str], args) -> dict:
+    """Every table of one priced model: time to target (the rule fixed before the cost model's runs), time to
+    the best baseline's final quality, quality, round-time breakdown, skipped work, FedSpine's arms."""
     sparse_targets, sparse_times = summarise(per_seed, seeds, "sparse_ppl", args.smooth)
     dense_targets, dense_times = summarise(per_seed, seeds, "ppl", args.smooth)
+    bars = {seed: best_baseline_final(per_seed[seed], "sparse_ppl", args.smooth) for seed in seeds}
+    bar_times = {m: [time_to(per_seed[seed][m]["sparse_ppl"], per_seed[seed][m]["sim_time"], bars[seed],
+                             args.smooth) for seed in seeds] for m in methods}
     table = {}
-    for m in args.methods:
+    for m in methods:
         runs = [per_seed[seed][m] for seed in seeds]
+        totals = [r["sim_time"][-1] for r in runs]
         table[m] = {
             "time_to_target_s": mean_or_none(sparse_times[m]),
             "time_to_target_per_seed_s": sparse_times[m],
@@ -284,41 +278,91 @@ def main(argv: list[str] | None = None) -> dict:
             "dense_time_to_target_s": mean_or_none(dense_times[m]),
             "dense_time_to_target_per_seed_s": dense_times[m],
             "round_time_s": float(np.mean([r["sim_time"][-1] / (len(r["sim_time"]) - 1) for r in runs])),
-            "sim_time_total_s": float(np.mean([r["sim_time"][-1] for r in runs])),
-            "sim_time_total_per_seed_s": [r["sim_time"][-1] for r in runs],
-            "time_to_target_censored_mean_s": censored_mean(sparse_times[m], [r["sim_time"][-1] for r in runs]),
+            "round_compute_s": float(np.mean([np.mean(r["round_compute"]) for r in runs])),
+            "round_transfer_s": float(np.mean([np.mean(r["round_transfer"]) for r in runs])),
+            "sim_time_total_s": float(np.mean(totals)),
+            "sim_time_total_per_seed_s": totals,
+            "time_to_target_censored_mean_s": censored_mean(sparse_times[m], totals),
+            "time_to_best_baseline_final_s": censored_mean(bar_times[m], totals),
+            "time_to_best_baseline_final_per_seed_s": bar_times[m],
             "bytes_up_mb": float(np.mean([r["bytes_up"] for r in runs]) / 1e6),
             "skipped_memory": float(np.mean([r["skipped_memory"] for r in runs])),
             "final_fleet_sparsity": float(np.mean([r["fleet_sparsity"] for r in runs])),
             "wall_s": float(np.mean([r["wall_s"] for r in runs])),
         }
-    totals = {m: [per_seed[seed][m]["sim_time"][-1] for seed in seeds] for m in args.methods}
+    totals = {m: [per_seed[seed][m]["sim_time"][-1] for seed in seeds] for m in methods}
     headline, best = speedup(sparse_times, totals)
+    bar_speedup, bar_best = speedup(bar_times, totals)
     dense_speedup, dense_best = speedup(dense_times, totals)
     arm_rows = [row for seed in seeds for row in per_seed[seed].get("fedspine", {}).get("arm_log", [])]
-    images = plots(per_seed, seeds, float(np.mean(list(sparse_targets.values()))), arm_rows, args.sparsity)
-    out = {
+    return {
+        "priced_as": per_seed[seeds[0]][methods[0]]["priced_as"],
         "speedup_vs_best_baseline": headline,
         "best_baseline": best,
-        "speedup_per_seed": per_seed_speedups(sparse_times, args.seeds),
+        "speedup_per_seed": per_seed_speedups(sparse_times, seeds),
+        "speedup_to_best_baseline_final": bar_speedup,
+        "best_baseline_final_ppl": float(np.mean(list(bars.values()))),
+        "best_baseline_final_baseline": bar_best,
         "target_ppl": float(np.mean(list(sparse_targets.values()))),
         "target_ppl_per_seed": sparse_targets,
-        "quality": f"global adapter served at {args.sparsity:.0%} sparsity (one-shot, same rule for every method)",
         "dense_speedup_vs_best_baseline": dense_speedup,
         "dense_best_baseline": dense_best,
         "dense_target_ppl": float(np.mean(list(dense_targets.values()))),
-        "base_ppl": float(np.mean([per_seed[s][args.methods[0]]["sparse_ppl"][0] for s in seeds])),
-        "dense_base_ppl": float(np.mean([per_seed[s][args.methods[0]]["ppl"][0] for s in seeds])),
+        "base_ppl": float(np.mean([per_seed[s][methods[0]]["sparse_ppl"][0] for s in seeds])),
+        "dense_base_ppl": float(np.mean([per_seed[s][methods[0]]["ppl"][0] for s in seeds])),
+        "methods": table,
+        "skipped_memory": {m: table[m]["skipped_memory"] for m in methods},
+        "per_class_fedspine_models": per_seed[seeds[0]].get("fedspine", {}).get("per_class", {}),
+        "arms_per_class": arms_per_class(arm_rows),
+        "_arm_rows": arm_rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--cost", nargs="+", default=["smollm2-135m", "llama-3.2-1b"],
+                        help="priced models (conf/cost/); learning runs on the proxy either way")
+    parser.add_argument("--sparsity", type=float, default=0.5, help="the equal sparsity every method is served at")
+    parser.add_argument("--smooth", type=int, default=3, help="rounds in the running mean used for time to target")
+    parser.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)),
+                        help="seeds run in parallel (the analytic clock does not depend on host load)")
+    parser.add_argument("--set", nargs="*", default=[], dest="extra", help="extra Hydra overrides for every run")
+    parser.add_argument("--cache-dir", default=os.environ.get("EDGEFLEET_CACHE", "/tmp/edgefleet-bench-cache"))
+    args = parser.parse_args(argv)
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    work = tempfile.mkdtemp(prefix="fedspine-bench-")
+    extra = tuple(args.extra)
+    t0 = time.perf_counter()
+    seeds = args.seeds
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {(cost, seed): pool.submit(run_seed, seed, args.methods, args.rounds, args.cache_dir, work, extra,
+                                             args.sparsity, seed == seeds[0], cost)
+                   for cost in args.cost for seed in seeds}
+        results = {key: f.result() for key, f in futures.items()}
+    by_priced = {}
+    for i, cost in enumerate(args.cost):
+        summary = summarise_priced({seed: results[(cost, seed)] for seed in seeds}, seeds, args.methods, args)
+        arm_rows = summary.pop("_arm_rows")
+        per_seed = {seed: results[(cost, seed)] for seed in seeds}
+        summary["plots"] = plots(per_seed, seeds, summary["target_ppl"], arm_rows, args.sparsity,
+                                 summary["priced_as"], "" if i == 0 else f"_{cost}")
+        by_priced[summary["priced_as"]] = summary
+    first = next(iter(by_priced.values()))
+    out = {
+        **first,  # the first priced model's results under the keys this benchmark always had
+        "quality": f"global adapter served at {args.sparsity:.0%} sparsity (one-shot, same rule for every method)",
         "seeds": seeds,
         "rounds": args.rounds,
         "equal_sparsity": args.sparsity,
         "smooth_rounds": args.smooth,
-        "methods": table,
-        "per_class_fedspine_models": per_seed[seeds[0]].get("fedspine", {}).get("per_class", {}),
-        "arms_per_class": arms_per_class(arm_rows),
-        "settings": " ".join(overrides("fedspine", 0, args.rounds, "<cache>", "<uri>", extra)[1:]),
+        "by_priced_model": by_priced,
+        "settings": " ".join(overrides("fedspine", 0, args.rounds, "<cache>", "<uri>", extra, "<cost>")[1:]),
         "benchmark_wall_s": time.perf_counter() - t0,
-        "plots": images,
     }
     write_docs(out)
     return out
@@ -337,7 +381,8 @@ def arms_per_class(arm_rows: list[dict]) -> dict:
     return out
 
 
-def plots(per_seed: dict, seeds: list[int], target: float, arm_rows: list[dict], sparsity: float) -> list[str]:
+def plots(per_seed: dict, seeds: list[int], target: float, arm_rows: list[dict], sparsity: float, priced_as: str,
+          suffix: str = "") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -357,9 +402,9 @@ def plots(per_seed: dict, seeds: list[int], target: float, arm_rows: list[dict],
     for ax in axes:
         ax.set_xlabel("simulated time (s)")
         ax.legend(fontsize=8)
-    fig.suptitle("Quality vs simulated time, +fleet=80dev (mean over seeds; held-out plays)")
+    fig.suptitle(f"Quality vs simulated time priced as {priced_as}, +fleet=80dev (mean over seeds; held-out plays)")
     fig.tight_layout()
-    fig.savefig(DOCS / "fedspine_quality_vs_time.png", dpi=120)
+    fig.savefig(DOCS / f"fedspine_quality_vs_time{suffix}.png", dpi=120)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -376,15 +421,52 @@ def plots(per_seed: dict, seeds: list[int], target: float, arm_rows: list[dict],
     for ax in axes:
         ax.set_xlabel("round")
     axes[0].legend(fontsize=8)
-    fig.suptitle("FedSpine bandit: arms per device class (all seeds)")
+    fig.suptitle(f"FedSpine bandit: arms per device class (all seeds), priced as {priced_as}")
     fig.tight_layout()
-    fig.savefig(DOCS / "fedspine_arms_per_class.png", dpi=120)
+    fig.savefig(DOCS / f"fedspine_arms_per_class{suffix}.png", dpi=120)
     plt.close(fig)
-    return ["fedspine_quality_vs_time.png", "fedspine_arms_per_class.png"]
+    return [f"fedspine_quality_vs_time{suffix}.png", f"fedspine_arms_per_class{suffix}.png"]
 
 
 def fmt(v, spec=".2f"):
     return "not reached" if v is None else format(v, spec)
+
+
+def priced_section(r: dict, out: dict) -> list[str]:
+    """The tables of one priced model."""
+    sp = f"{out['equal_sparsity']:.0%}"
+    lines = [
+        f"## Priced as {r['priced_as']}",
+        "",
+        f"**Speed-up vs the best baseline ({r['best_baseline']}), simulated time to target at {sp} sparsity: "
+        f"{fmt(r['speedup_vs_best_baseline'])}x** (target of the issue: >= 1.4x with no worse quality; target "
+        f"perplexity {r['target_ppl']:.2f}, base {r['base_ppl']:.2f}). "
+        f"Time to the best baseline's final quality at {sp} ({r['best_baseline_final_ppl']:.2f}, mean over seeds): "
+        f"{fmt(r['speedup_to_best_baseline_final'])}x vs {r['best_baseline_final_baseline']}. "
+        f"On the dense base (target {r['dense_target_ppl']:.2f}): {fmt(r['dense_speedup_vs_best_baseline'])}x vs "
+        f"{r['dense_best_baseline']}.",
+        "Per seed, against the baseline that reached the target first in that seed: " + "; ".join(
+            f"seed {x['seed']}: {fmt(x['speedup'])}x vs {x['best_baseline']}" for x in r["speedup_per_seed"]) + ".",
+        "",
+        f"| method | time to target (sim s; misses at total) | per seed | time to best baseline's final (s) | "
+        f"final ppl at {sp} | final acc at {sp} | dense final ppl | round time (sim s) | of which compute / transfer "
+        "(slowest reply) | skipped (memory) | fleet sparsity | upload (MB, priced) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m, x in r["methods"].items():
+        per_seed = ", ".join(fmt(t, ".1f") for t in x["time_to_target_per_seed_s"])
+        lines.append(f"| {m} | {x['time_to_target_censored_mean_s']:.1f} | {per_seed} | "
+                     f"{x['time_to_best_baseline_final_s']:.1f} | {x['final_ppl']:.2f} | {x['final_accuracy']:.4f} | "
+                     f"{x['dense_final_ppl']:.2f} | {x['round_time_s']:.2f} | {x['round_compute_s']:.2f} / "
+                     f"{x['round_transfer_s']:.2f} | {x['skipped_memory']:.1f} | {x['final_fleet_sparsity']:.2f} | "
+                     f"{x['bytes_up_mb']:.1f} |")
+    lines += ["", f"FedSpine's arms per device class (last quarter of the rounds, all seeds), priced as {r['priced_as']}:",
+              "", "| class | rank | pruning ratio | sparsity reached | completion time (sim s) |", "|---|---|---|---|---|"]
+    for cls, x in r["arms_per_class"].items():
+        lines.append(f"| {cls} | {x['rank']:.1f} | {x['ratio']:.2f} | {x['sparsity']:.2f} | {x['time']:.2f} |")
+    lines += ["", f"![quality vs simulated time, {r['priced_as']}]({r['plots'][0]})", "",
+              f"![arms per device class, {r['priced_as']}]({r['plots'][1]})", ""]
+    return lines
 
 
 def write_docs(out: dict) -> None:
@@ -394,47 +476,31 @@ def write_docs(out: dict) -> None:
     lines = [
         "# FedSpine benchmark (`python -m benchmarks.fedspine`)",
         "",
-        f"{out['rounds']} rounds, seeds {out['seeds']}, settings: `{out['settings']}`; "
-        f"in-process driver (real strategies and ClientApp handlers, no Ray), one CPU thread per seed; "
-        f"wall {out['benchmark_wall_s'] / 60:.1f} min.",
+        f"{out['rounds']} rounds, seeds {out['seeds']}, settings: `{out['settings']}`; in-process driver (real "
+        f"strategies and ClientApp handlers, no Ray), one CPU thread per run; wall {out['benchmark_wall_s'] / 60:.1f} "
+        "min. **Learning runs on the trained proxy (tiny-llama); simulated time, bytes and memory are priced for "
+        "the model each section names** (`cost=`, the analytic clock of fleet/pricing.py: deterministic, host load "
+        "does not enter it).",
         f"Quality = {out['quality']}: every round, the global adapter is merged into the base pruned one-shot to "
-        f"{sp} (LoRAPrune importance on the same public calibration windows) and scored on the held-out plays; "
-        f"this is the model a {sp}-sparse deployment gets. Target perplexity {out['target_ppl']:.2f} (per seed: "
-        f"half-way from the base at {sp} sparsity to the median of the methods' final perplexities; running mean "
-        f"over {out['smooth_rounds']} rounds; base {out['base_ppl']:.2f}). Speed-up = the best baseline's mean time "
-        "to target over seeds / FedSpine's, a seed where a method never reached the target counted at its run's "
-        "total simulated time (a lower bound, so a baseline that misses once is not dropped).",
+        f"{sp} (LoRAPrune importance on the same public calibration windows) and scored on the held-out plays. "
+        f"Target (rule fixed before these runs): per seed, half-way from the base at {sp} sparsity to the median of "
+        f"the methods' final perplexities, on a running mean over {out['smooth_rounds']} rounds. Speed-up = the best "
+        "baseline's mean time to target over seeds / FedSpine's, a seed where a method never reached it counted at "
+        "its run's total simulated time (a lower bound). Second column: time to reach the best baseline's own final "
+        f"quality at {sp} in that seed, censored the same way.",
         "",
-        f"**Speed-up vs the best baseline ({out['best_baseline']}), simulated time to target at {sp} sparsity: "
-        f"{fmt(out['speedup_vs_best_baseline'])}x** (target of the issue: >= 1.4x with no worse quality). "
-        f"On the dense base instead (target {out['dense_target_ppl']:.2f}, base {out['dense_base_ppl']:.2f}): "
-        f"{fmt(out['dense_speedup_vs_best_baseline'])}x vs {out['dense_best_baseline']}.",
-        "Per seed, against the baseline that reached the target first in that seed: " + "; ".join(
-            f"seed {r['seed']}: {fmt(r['speedup'])}x vs {r['best_baseline']}" for r in out["speedup_per_seed"]) + ".",
-        "",
-        f"| method | time to target (sim s, mean; misses at total) | per seed | final ppl at {sp} | final acc at {sp} | "
-        "dense final ppl | dense time to target (s) | round time (sim s) | fleet sparsity | upload (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for m, r in out["methods"].items():
-        per_seed = ", ".join(fmt(t, ".1f") for t in r["time_to_target_per_seed_s"])
-        lines.append(f"| {m} | {r['time_to_target_censored_mean_s']:.2f} | {per_seed} | {r['final_ppl']:.2f} | "
-                     f"{r['final_accuracy']:.4f} | {r['dense_final_ppl']:.2f} | {fmt(r['dense_time_to_target_s'])} | "
-                     f"{r['round_time_s']:.3f} | {r['final_fleet_sparsity']:.2f} | {r['bytes_up_mb']:.1f} |")
+    for r in out["by_priced_model"].values():
+        lines += priced_section(r, out)
     if out.get("notes"):
-        lines += ["", "Notes: " + out["notes"]]
-    lines += ["", "## FedSpine's arms per device class (last quarter of the rounds, all seeds)", "",
-              "| class | rank | pruning ratio | sparsity reached | completion time (sim s) |", "|---|---|---|---|---|"]
-    for cls, r in out["arms_per_class"].items():
-        lines.append(f"| {cls} | {r['rank']:.1f} | {r['ratio']:.2f} | {r['sparsity']:.2f} | {r['time']:.3f} |")
-    lines += ["", "## Final FedSpine models per device class (first seed; host CPU, batch 1, one thread)", "",
+        lines += ["Notes: " + out["notes"], ""]
+    lines += ["## Final FedSpine models per device class (first seed, first priced model; host CPU, batch 1, one "
+              "thread; the trained proxy)", "",
               "| class | device | rank | sparsity | forward latency (ms) | weights (MiB) |", "|---|---|---|---|---|---|"]
     for cls, r in out["per_class_fedspine_models"].items():
         lines.append(f"| {cls} | {r.get('device', '-')} | {r.get('rank', '-')} | {r['sparsity']:.2f} | "
                      f"{r['latency_ms']:.2f} | {r['weights_mib']:.2f} |")
-    lines += ["", "![quality vs simulated time](fedspine_quality_vs_time.png)", "",
-              "![arms per device class](fedspine_arms_per_class.png)", ""]
-    (DOCS / "fedspine.md").write_text("\n".join(lines))
+    (DOCS / "fedspine.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

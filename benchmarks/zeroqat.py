@@ -106,13 +106,13 @@ def measure(kind: str) -> dict:
 
 def quality(quant: str) -> dict:
     """Global test perplexity: float base, RTN, ZeroQAT (before and after its SPSA steps) at ``quant``."""
-    from client.runtime import host_gflops
     from client.trainers.zeroqat import batch_loss
-    from fleet.clock import device_time
     from fleet.devices import Device
+    from fleet.pricing import Pricer
     from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
     from models.evaluation import evaluate_lm
     from server.central_evaluation import global_test_windows
+    from server.preflight import trained_shape
     from textdata.corpus import windows
     from zeroqat.model import build_quantized, calibration_batches, trainable_tensors
     from zeroqat.spsa import step_seeds, zo_train
@@ -155,9 +155,11 @@ def quality(quant: str) -> dict:
     out["zeroqat_curve"] = curve
     out["zeroqat_steps"] = QUALITY_STEPS
     out["zeroqat_host_compute_s"] = round(compute_s, 1)
-    pixel = s.fleet.classes["pixel_8"]
-    out["zeroqat_sim_pixel8_s"] = round(device_time(Device(0, "pixel_8", pixel), compute_s, host_gflops(),
-                                                    s.fleet.compute_efficiency, 0, 0).compute_s, 2)
+    pricer = Pricer(s, trained_shape(s, folder))  # the analytic clock (fleet/pricing.py), priced as cost=
+    job = pricer.job("zeroqat", s.method.lora.rank, batch, QUALITY_STEPS)
+    out["zeroqat_sim_pixel8_s"] = round(pricer.compute_seconds(Device(0, "pixel_8", s.fleet.classes["pixel_8"]),
+                                                               "zeroqat", job), 2)
+    out["zeroqat_sim_priced_as"] = pricer.label
     return out
 
 

@@ -46,7 +46,9 @@ def build_fleet(fleet: FleetConfig, seed: int) -> list[Device]:
         link = math.exp(rng.gauss(0.0, fleet.link_spread)) if fleet.link_spread else 1.0
         compute = math.exp(rng.gauss(0.0, fleet.compute_spread)) if fleet.compute_spread else 1.0
         if link != 1.0 or compute != 1.0:
+            int8 = profile.peak_int8_gops * compute if profile.peak_int8_gops is not None else None
             profile = replace(profile, uplink_mbps=profile.uplink_mbps * link,
-                              downlink_mbps=profile.downlink_mbps * link, peak_gflops=profile.peak_gflops * compute)
+                              downlink_mbps=profile.downlink_mbps * link, peak_gflops=profile.peak_gflops * compute,
+                              peak_int8_gops=int8)
         devices.append(Device(i, name, profile))
     return devices

@@ -96,6 +96,10 @@ class Structure:
     def kept_channels(self) -> int:
         return int(self.channels[0].sum())
 
+    def level(self, dims: Dims) -> float:
+        """The pruning level the structure was selected at (share of MLP channels removed)."""
+        return 1.0 - self.kept_channels() / dims.intermediate_size
+
     def sparsity(self, dims: Dims, hidden_size: int) -> float:
         """Share of the prunable (decoder-layer linear) parameters removed."""
         d, hid = dims.head_dim, hidden_size
@@ -182,16 +186,33 @@ def scatter_from(sub: dict[str, np.ndarray], structure: Structure, dims: Dims, r
     return values, holders
 
 
+def kept_counts(num_heads: int, num_kv_heads: int, intermediate_size: int, sparsity: float,
+                head_rule: str = "within_groups") -> tuple[int, int, int]:
+    """(query heads, kv heads, MLP channels) one layer keeps at pruning level ``sparsity``, pruned from dense.
+
+    ``within_groups`` keeps ``max(1, round(g*(1-s)))`` query heads in every KV group (g = group size);
+    ``whole_groups`` keeps ``max(1, round(kv*(1-s)))`` whole groups; channels: ``max(1, round(I*(1-s)))``.
+    The same rule prices a pruned device on any model (fleet/arch.py).
+    """
+    if head_rule not in HEAD_RULES:
+        raise ValueError(f"head_rule: unknown '{head_rule}'; known: {', '.join(HEAD_RULES)}")
+    g = num_heads // num_kv_heads
+    channels = max(1, round(intermediate_size * (1 - sparsity)))
+    if head_rule == "within_groups":
+        return max(1, round(g * (1 - sparsity))) * num_kv_heads, num_kv_heads, channels
+    groups = max(1, round(num_kv_heads * (1 - sparsity)))
+    return groups * g, groups, channels
+
+
 def select(scores_heads: list[np.ndarray], scores_channels: list[np.ndarray], current: Structure, dims: Dims,
            sparsity: float, head_rule: str = "within_groups") -> Structure:
     """The structure at ``sparsity`` keeping the most important heads/channels among those still kept.
 
-    Heads: ``within_groups`` keeps ``max(1, round(g*(1-s)))`` query heads in every KV group (g = group size);
-    ``whole_groups`` keeps ``max(1, round(kv*(1-s)))`` whole groups (importance = sum over its heads).
-    Channels: ``max(1, round(I*(1-s)))`` per layer. Never re-grows a removed head or channel.
+    Counts: :func:`kept_counts` (a whole group's importance is the sum over its heads). Never re-grows a
+    removed head or channel.
     """
-    if head_rule not in HEAD_RULES:
-        raise ValueError(f"head_rule: unknown '{head_rule}'; known: {', '.join(HEAD_RULES)}")
+    q_kept, kv_kept, c_kept = kept_counts(dims.num_heads, dims.num_kv_heads, dims.intermediate_size, sparsity,
+                                          head_rule)
     g, kv = dims.group_size, dims.num_kv_heads
     heads, channels = [], []
     for layer in range(dims.num_layers):
@@ -200,18 +221,18 @@ def select(scores_heads: list[np.ndarray], scores_channels: list[np.ndarray], cu
         keep_h = np.zeros((kv, g), bool)
         if head_rule == "within_groups":
             live = current.groups(layer, dims)
-            m = min(max(1, round(g * (1 - sparsity))), int(cur_h.reshape(kv, g).sum(1).max()))
+            m = min(q_kept // kv, int(cur_h.reshape(kv, g).sum(1).max()))
             for grp in np.flatnonzero(live):
                 keep_h[grp, np.argsort(-score[grp], kind="stable")[:m]] = True
         else:
             per_group = np.where(np.isfinite(score), score, 0).sum(1)
             live = current.groups(layer, dims)
-            n = min(max(1, round(kv * (1 - sparsity))), int(live.sum()))
+            n = min(kv_kept, int(live.sum()))
             order = np.argsort(-np.where(live, per_group, -np.inf), kind="stable")[:n]
             keep_h[order] = cur_h.reshape(kv, g)[order]
         heads.append(keep_h.ravel())
         cur_c = current.channels[layer]
-        n_c = min(max(1, round(dims.intermediate_size * (1 - sparsity))), int(cur_c.sum()))
+        n_c = min(c_kept, int(cur_c.sum()))
         keep_c = np.zeros_like(cur_c)
         keep_c[np.argsort(-np.where(cur_c, scores_channels[layer], -np.inf), kind="stable")[:n_c]] = True
         channels.append(keep_c)

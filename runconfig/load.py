@@ -54,7 +54,6 @@ def validate(s: Settings) -> None:
     _require(bool(f.classes), "fleet.classes", "the fleet has no device classes", "use a fleet from conf/fleet/")
     total = sum(c.share for c in f.classes.values())
     _require(abs(total - 1.0) < 1e-6, "fleet.classes.*.share", f"shares sum to {total:g}, not 1", "fix the shares")
-    _require(0 < f.compute_efficiency <= 1, "fleet.compute_efficiency", "must be in (0, 1]", "e.g. 0.25")
     for spread in ("link_spread", "compute_spread"):
         value = getattr(f, spread)
         _require(0 <= value <= 2, f"fleet.{spread}", f"must be in [0, 2] (a lognormal sigma), got {value}",
@@ -62,8 +61,13 @@ def validate(s: Settings) -> None:
     for name, c in f.classes.items():
         key = f"fleet.classes.{name}"
         _require(c.share >= 0, f"{key}.share", "must be >= 0", "a fraction of the fleet")
-        for attr in ("peak_gflops", "memory_gb", "uplink_mbps", "downlink_mbps"):
+        for attr in ("peak_gflops", "memory_gb", "uplink_mbps", "downlink_mbps", "memory_bandwidth_gbps"):
             _require(getattr(c, attr) > 0, f"{key}.{attr}", "must be > 0", "take it from the spec sheet")
+        _require(c.peak_int8_gops is None or c.peak_int8_gops > 0, f"{key}.peak_int8_gops", "must be > 0 or null",
+                 "take it from the spec sheet, or null to use peak_gflops")
+        _require(0 < c.memory_efficiency <= 1, f"{key}.memory_efficiency", "must be in (0, 1]", "e.g. 0.7")
+        for trainer, eff in c.efficiency.items():
+            _require(0 < eff <= 1, f"{key}.efficiency.{trainer}", f"must be in (0, 1] (got {eff})", "e.g. 0.25")
         _require(0 < c.availability <= 1, f"{key}.availability", "must be in (0, 1]", "e.g. 0.9")
         _require(0 < c.usable_memory_fraction <= 1, f"{key}.usable_memory_fraction", "must be in (0, 1]", "e.g. 0.6")
         _require(0 <= c.failure_rate < 1, f"{key}.failure_rate", f"must be in [0, 1) (got {c.failure_rate})",
@@ -109,9 +113,39 @@ def validate(s: Settings) -> None:
                  "must divide model.num_heads", "e.g. 2 kv heads for 4 heads")
         _require(s.data.seq_len <= s.model.max_position_embeddings, "data.seq_len",
                  "is longer than model.max_position_embeddings", "a shorter data.seq_len")
+    _validate_cost(s)
     from privacy.plan import validate_privacy  # the privacy section needs the fleet and rounds checked first
 
     validate_privacy(s)
+
+
+CLOCKS = ("analytic", "host_scaled", "measured")
+
+
+def _validate_cost(s: Settings) -> None:
+    from client.trainers import TRAINERS
+
+    c = s.cost
+    _require(c.clock in CLOCKS, "cost.clock", f"unknown '{c.clock}'",
+             "analytic (priced FLOPs and bytes), host_scaled (host-measured compute scaled to the device) or "
+             "measured (a real device's own clock)")
+    _require(c.wire_bytes in (1, 2, 4, 8), "cost.wire_bytes", f"must be 1, 2, 4 or 8 (got {c.wire_bytes})",
+             "cost.wire_bytes=4 (float32 adapters)")
+    if c.shape is not None:
+        sh = c.shape
+        for attr in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "vocab_size"):
+            _require(getattr(sh, attr) >= 1, f"cost.shape.{attr}", "must be >= 1", "copy it from the model's config.json")
+        _require(sh.num_attention_heads % sh.num_key_value_heads == 0, "cost.shape.num_key_value_heads",
+                 "must divide cost.shape.num_attention_heads", "copy both from the model's config.json")
+        _require(sh.head_dim is not None or sh.hidden_size % sh.num_attention_heads == 0, "cost.shape.head_dim",
+                 "is needed when num_attention_heads does not divide hidden_size", "cost.shape.head_dim=64")
+    if c.clock in ("analytic", "host_scaled"):  # both divide by the device's achieved matmul rate per trainer
+        trainers = sorted(TRAINERS)
+        for name, cls in s.fleet.classes.items():
+            missing = [t for t in trainers if t not in cls.efficiency]
+            _require(not missing, f"fleet.classes.{name}.efficiency", f"has no efficiency for {', '.join(missing)}",
+                     "an achieved/peak matmul rate per trainer (conf/device/*.yaml has them with sources)")
 
 
 def _validate_zeroqat(s: Settings) -> None:

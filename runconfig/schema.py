@@ -20,6 +20,10 @@ class DeviceClass:
     kind: str = MISSING  # jetson | phone | board
     share: float = 0.0  # fraction of the fleet of this class
     peak_gflops: float = MISSING  # vendor peak (FP16 where the accelerator has it)
+    peak_int8_gops: Optional[float] = None  # INT8 matmul peak (W4A8 kernels); None: the FP16 peak
+    memory_bandwidth_gbps: float = MISSING  # DRAM bandwidth from the spec sheet (GB/s)
+    memory_efficiency: float = 0.7  # achieved / peak DRAM bandwidth of streaming kernels
+    efficiency: dict[str, float] = field(default_factory=dict)  # achieved / peak matmul rate, per trainer
     memory_gb: float = MISSING
     usable_memory_fraction: float = 0.6  # left for training after the OS and other apps
     uplink_mbps: float = MISSING
@@ -33,7 +37,6 @@ class DeviceClass:
 class FleetConfig:
     name: str = MISSING
     size: int = MISSING
-    compute_efficiency: float = 0.25  # achieved / peak FLOP rate when fine-tuning small batches on device
     # Spread of devices within a class (fleet/devices.py): each device's link rates / peak compute are its
     # class's nominal values times exp(N(0, spread^2)), drawn once per device from the seed. 0: identical.
     link_spread: float = 0.0
@@ -274,6 +277,32 @@ class ZeroQATConfig:
 
 
 @dataclass
+class PricedShapeConfig:
+    """A deployment model's shape (transformers config fields; no weights): what the fleet is charged for."""
+
+    source: str = MISSING  # where the numbers come from (the model's config.json)
+    hidden_size: int = MISSING
+    intermediate_size: int = MISSING
+    num_hidden_layers: int = MISSING
+    num_attention_heads: int = MISSING
+    num_key_value_heads: int = MISSING
+    vocab_size: int = MISSING
+    head_dim: Optional[int] = None  # None: hidden_size // num_attention_heads
+    tie_word_embeddings: bool = True
+    attention_bias: bool = False
+
+
+@dataclass
+class CostConfig:
+    """What a device is charged (fleet/pricing.py): conf/cost/*.yaml."""
+
+    priced_as: str = "trained"  # a label: "trained" prices the model that is trained
+    clock: str = "analytic"  # analytic | host_scaled (host-measured compute scaled to the device) | measured
+    wire_bytes: int = 4  # bytes per adapter value on the wire (float32, protocol/messages.py)
+    shape: Optional[PricedShapeConfig] = None  # None: the trained model's own shape
+
+
+@dataclass
 class Settings:
     seed: int = 0
     rounds: int = 8
@@ -294,3 +323,4 @@ class Settings:
     resume: Optional[str] = None  # true (latest unfinished run), an MLflow run id, or a checkpoint path
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     zeroqat: ZeroQATConfig = field(default_factory=ZeroQATConfig)
+    cost: CostConfig = field(default_factory=CostConfig)

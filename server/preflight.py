@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.arch import ArchShape
 from fleet.devices import Device, build_fleet
-from fleet.memory import ModelShape, training_bytes
-from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
+from fleet.pricing import Pricer
+from models.base_checkpoint import base_dir, ensure_base_checkpoint, load_corpus
 from runconfig.load import ConfigError
 from runconfig.schema import Settings
 from textdata.corpus import Corpus, assign_clients
@@ -18,30 +19,35 @@ class Prepared:
     corpus: Corpus
     base_folder: Path
     devices: list[Device]
-    shape: ModelShape
+    shape: ArchShape  # the trained model's (the pricer maps it to cost.priced_as)
 
 
-def lora_params(shape: ModelShape, rank: int, targets: int) -> int:
-    """Upper bound on LoRA parameters: ``targets`` adapted matrices per layer, each at most h x 4h."""
-    return shape.num_layers * targets * rank * (shape.hidden_size + 4 * shape.hidden_size)
+def trained_shape(settings: Settings, folder: Path | None = None) -> ArchShape:
+    """The trained model's shape, from its checkpoint's config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder or base_dir(settings)))
+    return ArchShape.from_hf_config(config, settings.model.name)
 
 
-def check_fits(settings: Settings, shape: ModelShape, devices: list[Device]) -> None:
-    need = training_bytes(
-        shape,
-        lora_params(shape, settings.method.lora.rank, len(settings.method.lora.target_modules)),
-        settings.client.batch_size,
-        settings.data.seq_len,
-        settings.model.param_bytes,
-    )
-    fits = [d for d in devices if need <= d.usable_memory_bytes]
-    if not fits:
+def check_fits(settings: Settings, shape: ArchShape, devices: list[Device]) -> None:
+    """Refuse a run whose smallest work (the method's lowest rank, dense) fits no device of the fleet."""
+    pricer = Pricer(settings, shape)
+    fs = settings.method.fedspine
+    rank = min(fs.ranks) if fs is not None else settings.method.lora.rank
+    c = settings.client
+
+    def need(device: Device) -> int:
+        trainer = "fedspine_prune" if fs is not None else (c.trainer or device.profile.trainer)
+        return pricer.memory(pricer.job(trainer, rank, c.batch_size, c.local_steps))
+
+    if not any(need(d) <= d.usable_memory_bytes for d in devices):
         biggest = max(devices, key=lambda d: d.usable_memory_bytes)
         raise ConfigError(
-            f"the model does not fit any device of fleet '{settings.fleet.name}': training needs about "
-            f"{need / 2**30:.2f} GiB, the largest device ({biggest.class_name}) has "
-            f"{biggest.usable_memory_bytes / 2**30:.2f} GiB usable. Fix: a smaller model, client.batch_size, "
-            "data.seq_len or method.lora.rank, or a fleet with larger devices"
+            f"the model does not fit any device of fleet '{settings.fleet.name}': training "
+            f"{pricer.label} needs about {need(biggest) / 2**30:.2f} GiB on the largest device "
+            f"({biggest.class_name}), which has {biggest.usable_memory_bytes / 2**30:.2f} GiB usable. Fix: a smaller "
+            "model (or cost=), client.batch_size, data.seq_len or method.lora.rank, or a fleet with larger devices"
         )
 
 
@@ -53,6 +59,6 @@ def prepare(settings: Settings, show_progress: bool = True) -> Prepared:
         assign_clients(len(devices), corpus.num_clients, settings.seed, settings.data.roles_per_device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    shape = ModelShape.of(load_base_model(folder))
+    shape = trained_shape(settings, folder)
     check_fits(settings, shape, devices)
     return Prepared(corpus, folder, devices, shape)

@@ -27,11 +27,10 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from transformers import AutoConfig
 
-from fleet.clock import device_time
 from fleet.devices import Device
-from fleet.memory import ModelShape, training_bytes
 from models.base_checkpoint import base_dir
 from protocol.messages import ARRAYS, Update, Work, to_array_record, work_message_content
+from pruning.schedule import step_levels
 from pruning.structure import Dims, Structure, lora_index, slice_to
 from runconfig.load import ConfigError
 from strategies.bandit import SmoothUCB
@@ -42,10 +41,6 @@ logger = logging.getLogger(__name__)
 
 FEDSPINE_METHODS = ("fedspine", "fedspine_random", "fedspine_fixed", "hetlora")
 TRAINER = "fedspine_prune"
-_MODULE_DIMS = {  # LoRA target -> (in dim, out dim) kinds: h hidden, q heads*d, g groups*d, c channels
-    "q_proj": ("h", "q"), "k_proj": ("h", "g"), "v_proj": ("h", "g"), "o_proj": ("q", "h"),
-    "gate_proj": ("h", "c"), "up_proj": ("h", "c"), "down_proj": ("c", "h"),
-}
 
 
 def cohort_rewards(rows: list[dict], weights) -> list[float]:
@@ -94,29 +89,30 @@ class FedSpine(FleetFedAvg):
                 explore=b.explore, split_after=b.split_after, max_depth=b.max_depth, frontier=b.frontier)
         return self.bandits[device.index]
 
-    # ------------------------------------------------------------------ memory (pruned shape)
-    def lora_params(self, structure: Structure, rank: int) -> int:
-        d = self.dims.head_dim
-        size = {"h": self.hidden, "q": structure.kept_heads() * d, "g": structure.kept_groups(self.dims) * d,
-                "c": structure.kept_channels()}
-        per_layer = sum(rank * (size[i] + size[o]) for m, (i, o) in _MODULE_DIMS.items()
-                        if m in self.settings.method.lora.target_modules)
-        return per_layer * self.dims.num_layers
+    # ------------------------------------------------------------------ pricing (priced model, pruned as it goes)
+    def work_levels(self, work: Work, device: Device) -> list[float] | None:
+        """The level of each local iteration: from the device's current structure (not yet replaced by this
+        round's reply while the round is priced) up to the arm's ratio, by the trainer's own schedule."""
+        if work.trainer != TRAINER:
+            return None
+        x = work.extra
+        return step_levels(self.structure_of(device).level(self.dims), float(x["ratio"]), work.local_steps,
+                           int(x["prune_every"]), float(x["sparsity_step"]))
 
-    def pruned_shape(self, structure: Structure) -> ModelShape:
-        removed = structure.sparsity(self.dims, self.hidden) * self.dims.num_layers * (
-            2 * self.hidden * self.dims.num_heads * self.dims.head_dim
-            + 2 * self.hidden * self.dims.num_kv_heads * self.dims.head_dim
-            + 3 * self.hidden * self.dims.intermediate_size)
-        s = self.model_shape
-        return ModelShape(int(s.num_params - removed), s.hidden_size, s.num_layers, structure.kept_heads(),
-                          s.vocab_size)
+    def priced_bytes(self, work: Work, device: Device) -> tuple[int, int]:
+        """Down: the global adapter sliced to the device's structure and rank (+ its masks once it has them);
+        up: its delta at the round's final structure, with the masks."""
+        if work.trainer != TRAINER:
+            return super().priced_bytes(work, device)
+        levels = self.work_levels(work, device)
+        down = self.pricer.adapter_bytes(levels[0], work.rank, with_structure=device.index in self.structures)
+        return down, self.pricer.adapter_bytes(levels[-1], work.rank, with_structure=True)
 
     def training_memory(self, structure: Structure, rank: int) -> int:
-        """Peak training bytes of a round that starts at ``structure`` (the largest shape it will have)."""
+        """Peak bytes of a round that starts at ``structure`` on the priced model (pruning only shrinks it)."""
         c = self.settings.client
-        return training_bytes(self.pruned_shape(structure), self.lora_params(structure, rank), c.batch_size,
-                              self.settings.data.seq_len, self.settings.model.param_bytes)
+        return self.pricer.memory(self.pricer.job(TRAINER, rank, c.batch_size, c.local_steps,
+                                                  [structure.level(self.dims)]))
 
     def fits(self, device: Device, rank: int) -> bool:
         return self.training_memory(self.structure_of(device), rank) <= device.usable_memory_bytes
@@ -170,7 +166,7 @@ class FedSpine(FleetFedAvg):
             return super().memory_needed(device, work, trainable_params)
         if self.arm_for(device, work.server_round) is None:
             return math.inf  # no arm fits: the device is skipped (counted in fleet/skipped_memory)
-        return self.training_memory(self.structure_of(device), work.rank)
+        return super().memory_needed(device, work, trainable_params)
 
     def train_content(self, arrays: ArrayRecord, work: Work, device: Device) -> RecordDict:
         """Only the coordinates the device holds: the global adapter sliced to its structure and rank."""
@@ -214,12 +210,9 @@ class FedSpine(FleetFedAvg):
 
     def _learn(self, server_round: int, updates: list[Update], subs: list[SubUpdate]) -> None:
         """Keep each device's new structure; score its arm; update its bandit."""
-        eff = self.settings.fleet.compute_efficiency
         rows = []
         for u, sub in zip(updates, subs):
-            device = self.devices[u.device_index]
-            t = device_time(device, u.metrics["compute_s"], u.metrics["host_gflops"], eff,
-                            self._ledger.bytes_down_each, self._bytes_up.get(u.device_index, 0)).total_s
+            t = self.reply_time(u, self._bytes_up.get(u.device_index, 0)).total_s  # before its structure changes
             before, after, target = u.metrics["sparsity_before"], u.metrics["sparsity"], self.cfg.target_sparsity
             progress = 1.0 if after >= target - 1e-6 else max(0.0, after - before) / max(target - before, 1e-6)
             gain = (u.metrics["loss_start"] - u.metrics["loss_end"]) / max(u.metrics["loss_start"], 1e-9)

@@ -33,9 +33,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fleet.availability import failing_devices, on_time, round_duration, selection_size
-from fleet.clock import device_time
+from fleet.arch import ArchShape
+from fleet.clock import DeviceTime
 from fleet.devices import Device
-from fleet.memory import ModelShape, training_bytes
+from fleet.pricing import Pricer
 from protocol.messages import (
     ARRAYS,
     METRICS,
@@ -53,8 +54,6 @@ from strategies.update_validation import Checked, UpdateValidator
 from zeroqat import upload
 
 logger = logging.getLogger(__name__)
-
-FORWARD_ONLY_TRAINERS = {"zeroqat"}
 
 
 class RoundObserver(Protocol):
@@ -75,6 +74,7 @@ class RoundLedger:
     skipped_memory: int = 0
     bytes_down_each: int = 0
     bytes_down: dict[int, int] = field(default_factory=dict)  # device index -> bytes of its train message
+    work: dict[int, Work] = field(default_factory=dict)  # device index -> the work it was sent (priced from it)
     failing: set[int] = field(default_factory=set)  # device indices that fail mid-training (never sent)
     checked: Checked = field(default_factory=Checked)  # validation of the replies
 
@@ -84,13 +84,14 @@ class FleetFedAvg(Strategy):
         self,
         settings: Settings,
         devices: list[Device],
-        model_shape: ModelShape,
+        model_shape: ArchShape,
         concurrency: int,
         observers: Iterable[RoundObserver] = (),
     ) -> None:
         self.settings = settings
         self.devices = devices
-        self.model_shape = model_shape
+        self.model_shape = model_shape  # the trained model's; self.pricer prices the work as cost.priced_as
+        self.pricer = Pricer(settings, model_shape)
         self.concurrency = max(1, concurrency)
         self.observers = list(observers)
         self.node_of_device: dict[int, int] = {}
@@ -154,15 +155,35 @@ class FleetFedAvg(Strategy):
         """The Work of an evaluate message (hook: FedSpine evaluates the global adapter at its full rank)."""
         return self.work_for(device, server_round)
 
+    # ------------------------------------------------------------------ pricing (fleet/pricing.py)
+    def work_levels(self, work: Work, device: Device) -> list[float] | None:
+        """Pruning level of each local iteration (None: dense throughout; FedSpine prunes as it goes)."""
+        return None
+
+    def priced_job(self, work: Work, device: Device):
+        return self.pricer.job(work.trainer, work.rank, work.batch_size, work.local_steps,
+                               self.work_levels(work, device))
+
+    def priced_bytes(self, work: Work, device: Device) -> tuple[int, int]:
+        """(down, up) at the priced model: the global adapter each way (a seed upload is counted as sent)."""
+        full = self.pricer.adapter_bytes(0.0, self.settings.method.lora.rank)
+        return full, full
+
+    def reply_time(self, update: Update, bytes_up: int) -> DeviceTime:
+        """The simulated device time of an accepted reply (``cost.clock``)."""
+        device = self.devices[update.device_index]
+        work = self._ledger.work[update.device_index]
+        down, up = self.priced_bytes(work, device)
+        if work.trainer == "zeroqat" and self.settings.zeroqat.seed_upload:
+            up = bytes_up  # (seeds, projected gradients): the same on any model
+        sent_down = self._ledger.bytes_down.get(update.device_index, self._ledger.bytes_down_each)
+        return self.pricer.device_time(device, work.trainer, self.priced_job(work, device), (down, up),
+                                       (update.metrics["compute_s"], update.metrics["host_gflops"]),
+                                       (sent_down, bytes_up))
+
     def memory_needed(self, device: Device, work: Work, trainable_params: int) -> int:
-        return training_bytes(
-            self.model_shape,
-            trainable_params,
-            work.batch_size,
-            self.settings.data.seq_len,
-            self.settings.model.param_bytes,
-            backprop=work.trainer not in FORWARD_ONLY_TRAINERS,
-        )
+        """Peak training memory of the work on the priced model (work that does not fit is never sent)."""
+        return self.pricer.memory(self.priced_job(work, device))
 
     def select(self, server_round: int, size: int, purpose: str, trainable_params: int) -> tuple[list[Device], RoundLedger]:
         """Seeded cohort: online devices (per-class availability) whose memory fits the work (a retry of the
@@ -202,6 +223,7 @@ class FleetFedAvg(Strategy):
             node = self.node_of_device[device.index]
             ledger.sent[node] = device
             work = self.work_for(device, server_round)
+            ledger.work[device.index] = work
             work.model_version = self.model_version
             content = self.train_content(arrays, work, device)
             ledger.bytes_down[device.index] = content[ARRAYS].count_bytes()
@@ -263,10 +285,7 @@ class FleetFedAvg(Strategy):
             logger.warning("round %d: %d device(s) sent no reply within the round timeout", server_round, no_reply)
         timed = []
         for update, bytes_up in good:
-            device = self.devices[update.device_index]
-            t = device_time(device, update.metrics["compute_s"], update.metrics["host_gflops"],
-                            self.settings.fleet.compute_efficiency,
-                            ledger.bytes_down.get(update.device_index, ledger.bytes_down_each), bytes_up)
+            t = self.reply_time(update, bytes_up)
             timed.append(((update, bytes_up, t), t.total_s))
         kept, late, surplus = on_time(timed, fed.deadline_s, fed.cohort_size if fed.over_selection > 0 else None)
         for update, _, t in late:
@@ -276,6 +295,7 @@ class FleetFedAvg(Strategy):
         self._log_faults(server_round, ledger, late)
         sim_round = round_duration([t.total_s for _, _, t in kept], fed.deadline_s, failures + len(late) + no_reply)
         self.sim_time_s += sim_round
+        slowest = max((t for _, _, t in kept), key=lambda t: t.total_s, default=None)
         metrics = {
             "fleet/replies": len(kept),
             "fleet/offline": ledger.offline,
@@ -287,6 +307,11 @@ class FleetFedAvg(Strategy):
             "fleet/surplus": len(surplus),
             "clock/sim_round_s": sim_round,
             "clock/sim_time_s": self.sim_time_s,
+            # the reply that set the round's length: its compute and its transfers (cost.clock, cost.priced_as)
+            "clock/round_compute_s": slowest.compute_s if slowest else 0.0,
+            "clock/round_transfer_s": slowest.download_s + slowest.upload_s if slowest else 0.0,
+            "cost/bytes_up": sum(t.bytes_up for _, _, t in kept),
+            "cost/bytes_down": sum(t.bytes_down for _, _, t in kept),
             # what was sent (devices that fail mid-training downloaded their work too)
             "comm/bytes_down": sum(ledger.bytes_down.values()) + ledger.bytes_down_each * len(ledger.failing),
             "comm/bytes_up": sum(b for _, b in good),
@@ -334,7 +359,7 @@ class FleetFedAvg(Strategy):
             new_arrays, train_metrics = self.aggregate_train(server_round, replies)
             metrics = dict(train_metrics or {})
             for key, value in metrics.items():
-                if key.startswith(("fleet/", "comm/", "clock/sim_round_s")) and key != "fleet/replies":
+                if key.startswith(("fleet/", "comm/", "cost/", "clock/sim_round_s")) and key != "fleet/replies":
                     totals[key] = totals.get(key, 0) + value
             if new_arrays is not None:
                 break

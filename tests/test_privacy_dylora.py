@@ -6,7 +6,7 @@ import torch
 from flwr.app import ConfigRecord, Message
 
 from fleet.devices import build_fleet
-from fleet.memory import ModelShape
+from fleet.arch import ArchShape
 from models.architectures import build_config, build_model
 from models.evaluation import evaluate_lm
 from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
@@ -87,7 +87,8 @@ def setup_strategy(overrides, output_dir="."):
     settings = compose(["+fleet=8dev_test", *overrides])
     settings.output_dir = str(output_dir)  # privacy_state.json goes here
     devices = build_fleet(settings.fleet, settings.seed)
-    shape = ModelShape(num_params=1000, hidden_size=32, num_layers=1, num_heads=2, vocab_size=64)
+    shape = ArchShape("toy", hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=2,
+                  head_dim=16, vocab_size=64)
     strategy = strategy_for(settings)(settings, devices, shape, 1)
     strategy.node_of_device = {d.index: 100 + d.index for d in devices}
     return settings, strategy

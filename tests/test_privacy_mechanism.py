@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fleet.devices import build_fleet
-from fleet.memory import ModelShape
+from fleet.arch import ArchShape
 from privacy.dp_fedavg import UserLevelDP, strategy_for, with_user_dp
 from privacy.mechanism import clip_update, dp_mean, l2_norm, privatize_on_client
 from privacy.noise import SecureNoise, SeededNoise
@@ -17,7 +17,8 @@ from strategies.fleet_fedavg import FleetFedAvg
 
 pytestmark = pytest.mark.privacy
 
-SHAPE = ModelShape(num_params=1000, hidden_size=32, num_layers=1, num_heads=2, vocab_size=64)
+SHAPE = ArchShape("toy", hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=2,
+                  head_dim=16, vocab_size=64)
 
 
 def random_delta(rng, keys=None, scale=1.0):

@@ -36,7 +36,7 @@ class MlflowTracker:
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(cfg.experiment)
         name = cfg.run_name or f"{settings.method.name}-{settings.fleet.name}-seed{settings.seed}"
         run_tags = {"method": settings.method.name, "fleet": settings.fleet.name, "seed": str(settings.seed),
-                    **(tags or {})}
+                    "priced_as": settings.cost.priced_as, "clock": settings.cost.clock, **(tags or {})}
         if cfg.parent_run_id:
             run_tags["mlflow.parentRunId"] = cfg.parent_run_id  # MLflow's nesting convention
         self.run_id = self.client.create_run(experiment_id, run_name=name, tags=run_tags).info.run_id

@@ -27,6 +27,7 @@ from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
 from protocol.messages import Work
 from pruning.importance import ImportanceTracker
 from pruning.prune import prune_model
+from pruning.schedule import step_levels
 from pruning.structure import Dims, Structure, full_shape, scatter_from, select, slice_to
 
 
@@ -40,7 +41,7 @@ def _dense_base(folder: str):
 
 def ratio_of(structure: Structure, dims: Dims) -> float:
     """The pruning ratio a structure was selected at (share of MLP channels removed)."""
-    return 1.0 - structure.kept_channels() / dims.intermediate_size
+    return structure.level(dims)
 
 
 def build_submodel(base, structure: Structure, dims: Dims, lora_cfg, rank: int, seed: int,
@@ -91,9 +92,9 @@ class FedSpinePruneTrainer:
             received = {k: v.astype(np.float32) for k, v in placed.items()}
         data = runtime.device_data(work.device_index)
 
-        start_ratio = ratio_of(structure, dims)
-        level, target = start_ratio, max(float(x["ratio"]), start_ratio)
-        prune_every, step_size = int(x["prune_every"]), float(x["sparsity_step"])
+        level = ratio_of(structure, dims)
+        levels = step_levels(level, float(x["ratio"]), work.local_steps, int(x["prune_every"]),
+                             float(x["sparsity_step"]))
         model = build_submodel(base, structure, dims, lora_cfg, rank, work.seed, received)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=work.lr,
                                       weight_decay=0.0)
@@ -111,8 +112,8 @@ class FedSpinePruneTrainer:
             tracker.update(model)
             optimizer.step()
             losses.append(loss.item())
-            if step % prune_every == 0 and step < len(batches) and level < target - 1e-9:
-                level = min(target, level + step_size)
+            if step < len(batches) and levels[step] > level:  # the schedule prunes after this iteration
+                level = levels[step]
                 heads, channels = tracker.full_scores(structure, dims)
                 new = select(heads, channels, structure, dims, level, str(x["head_rule"]))
                 current, _ = scatter_from(adapter_arrays(model), structure, dims, rank, full_shapes)
