@@ -273,7 +273,8 @@ def write(r: dict) -> None:
         f"| ZeroQAT {r['quant']}, calibrated (0 steps) | {r['ppl_zeroqat_init_4bit']} |",
         f"| ZeroQAT {r['quant']}, {r['zeroqat_steps']} SPSA steps on LoRA | {r['ppl_zeroqat_4bit']} |", "",
         f"ZeroQAT's steps took {r['zeroqat_host_compute_s']} s here = {r['zeroqat_sim_pixel8_s']} s of simulated "
-        f"Pixel 8 compute (fleet clock); RTN needs no training. Curve (step, ppl): {r['zeroqat_curve']}. "
+        f"Pixel 8 compute (fleet clock, priced as {r.get('zeroqat_sim_priced_as', 'trained, host-scaled clock')}); "
+        "RTN needs no training. Curve (step, ppl): {r['zeroqat_curve']}. "
         f"Target ZeroQAT < RTN: {'met' if t['zeroqat_ppl_lt_rtn_4bit'] else 'NOT met'}.", "",
         *[line for q in QUALITY_QUANTS[1:] for line in (
             f"Same at {q} (the paper's headline setting): RTN {r[f'ppl_rtn_{q.lower()}']}, ZeroQAT calibrated "

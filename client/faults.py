@@ -14,8 +14,8 @@ in a real deployment. Kinds:
 ``stale``          the update claims the previous round
 ``stale_version``  the update claims another global model version
 ``oversize``       an extra 8 MiB array rides along (set validation.max_message_mb below that)
-``slow``           the reported compute time becomes 1e4 x its own + 1e6 s (late against any sane deadline,
-                   however fast the host measured it)
+``slow``           the device reports a 1e6 s stall (``stall_s``; late against any sane deadline under every
+                   clock, however fast the host or the priced work)
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def corrupt(kind: str | None, update: Update) -> Update:
     elif kind == "oversize":
         delta["padding"] = np.zeros(8 * 2**20 // 4, dtype=np.float32)
     elif kind == "slow":
-        update.metrics["compute_s"] = update.metrics["compute_s"] * 1e4 + 1e6
+        update.metrics["stall_s"] = 1e6
     else:
         raise ValueError(f"faults.inject: unknown kind '{kind}'; known: {', '.join(KINDS)}")
     update.delta = delta

@@ -99,9 +99,11 @@ class Pricer:
 
     # ------------------------------------------------------------------ the clock
     def device_time(self, device: Device, trainer: str, job: Job, priced_bytes: tuple[int, int],
-                    measured: tuple[float, float], sent_bytes: tuple[int, int]) -> DeviceTime:
+                    measured: tuple[float, float], sent_bytes: tuple[int, int], stall_s: float = 0.0) -> DeviceTime:
         """A reply's device time under ``cost.clock``; ``measured`` = (compute_s, host_gflops) the device
-        reported, ``priced_bytes`` / ``sent_bytes`` = (down, up) at the priced model / as actually sent."""
+        reported, ``priced_bytes`` / ``sent_bytes`` = (down, up) at the priced model / as actually sent,
+        ``stall_s`` = time the device reports it was held up beyond its work (throttled, backgrounded), added
+        under every clock."""
         clock = self.settings.cost.clock
         if clock == "analytic":
             compute, (down, up) = self.compute_seconds(device, trainer, job), priced_bytes
@@ -110,5 +112,5 @@ class Pricer:
         else:
             compute, (down, up) = measured[0], sent_bytes
         p = device.profile
-        return DeviceTime(compute_s=compute, download_s=down * 8 / (p.downlink_mbps * 1e6),
+        return DeviceTime(compute_s=compute + stall_s, download_s=down * 8 / (p.downlink_mbps * 1e6),
                           upload_s=up * 8 / (p.uplink_mbps * 1e6), bytes_down=int(down), bytes_up=int(up))

@@ -53,6 +53,8 @@ def summarize(history: History, settings: Settings, wall_s: float, run_id: str) 
         "rounds": len(rounds),
         "server_wall_s": wall_s,
         "sim_time_s": last.get("clock/sim_time_s", 0.0),
+        "priced_as": settings.cost.priced_as,  # the model simulated time and bytes are charged for
+        "clock": settings.cost.clock,
         "ppl_base": base.get("eval/global_ppl"),
         "ppl_final": last.get("eval/global_ppl"),
         "accuracy_base": base.get("eval/global_accuracy"),

@@ -29,6 +29,7 @@ class RunCurves:
     bytes_moved: float
     peak_memory_mb: dict[str, float]  # per trainer
     arms: dict[str, dict[int, float]]  # "<class>/ratio|rank" -> step -> mean arm (when a method logs them)
+    priced_as: str = "trained"  # the model simulated time and bytes are priced for (cost.priced_as, cost.clock)
 
 
 @dataclass
@@ -44,7 +45,8 @@ def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
 
 
 def load_curves(client: MlflowClient, method: str, seed: int, run_id: str) -> RunCurves:
-    keys = client.get_run(run_id).data.metrics.keys()
+    run = client.get_run(run_id)
+    keys, params = run.data.metrics.keys(), run.data.params
     up, down = _history(client, run_id, "comm/bytes_up"), _history(client, run_id, "comm/bytes_down")
     return RunCurves(
         method=method,
@@ -57,6 +59,8 @@ def load_curves(client: MlflowClient, method: str, seed: int, run_id: str) -> Ru
         peak_memory_mb={k.split(".", 1)[1]: max(_history(client, run_id, k).values())
                         for k in keys if k.startswith("memory/peak_rss_mb.")},
         arms={k.split("/", 1)[1]: _history(client, run_id, k) for k in keys if ARM_METRIC.match(k)},
+        # runs from before the cost model carry no cost.* params: host-measured compute, the trained model
+        priced_as=f"{params.get('cost.priced_as', 'trained')}, {params.get('cost.clock', 'host_scaled')} clock",
     )
 
 
@@ -170,8 +174,9 @@ def build(client: MlflowClient, summaries: dict, target_ppl: float | None, docs_
         if draw(by_method, figures_dir / name):
             report.figures.append(figures_dir / name)
 
-    rows = ["| method | seeds | final perplexity | final accuracy | time to target (sim s) | MB moved | "
-            "peak client worker RSS (MB) | epsilon |", "|---|---|---|---|---|---|---|---|"]
+    priced = ", ".join(sorted({c.priced_as for runs in by_method.values() for c in runs}))
+    rows = [f"| method | seeds | final perplexity | final accuracy | time to target (sim s, priced as {priced}) | "
+            "MB moved | peak client worker RSS (MB) | epsilon |", "|---|---|---|---|---|---|---|---|"]
     for method, runs in sorted(by_method.items()):
         last = [c.ppl[max(c.ppl)] for c in runs]
         acc = [c.accuracy[max(c.accuracy)] for c in runs]

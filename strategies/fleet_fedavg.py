@@ -177,9 +177,10 @@ class FleetFedAvg(Strategy):
         if work.trainer == "zeroqat" and self.settings.zeroqat.seed_upload:
             up = bytes_up  # (seeds, projected gradients): the same on any model
         sent_down = self._ledger.bytes_down.get(update.device_index, self._ledger.bytes_down_each)
+        stall = update.metrics.get("stall_s", 0.0)
         return self.pricer.device_time(device, work.trainer, self.priced_job(work, device), (down, up),
                                        (update.metrics["compute_s"], update.metrics["host_gflops"]),
-                                       (sent_down, bytes_up))
+                                       (sent_down, bytes_up), stall if np.isfinite(stall) and stall > 0 else 0.0)
 
     def memory_needed(self, device: Device, work: Work, trainable_params: int) -> int:
         """Peak training memory of the work on the priced model (work that does not fit is never sent)."""

@@ -32,7 +32,7 @@ FAULTY = [
     "client.local_steps=3",
     f"rounds={ROUNDS}",
 ]
-# metrics that do not depend on wall-clock measurements (the simulated clock scales measured compute)
+# metrics that do not depend on wall-clock measurements
 DETERMINISTIC = ("eval/global_loss", "eval/global_accuracy", "train/loss", "eval/fed_loss", "fleet/replies",
                  "fleet/failures", "fleet/late", "fleet/rejected", "fleet/rejected/nonfinite", "fleet/rejected/shapes",
                  "fleet/rejected/norm_outlier", "fleet/rejected/stale_round")
