@@ -1,9 +1,9 @@
 """Analytic cost of a device's local training: matmul FLOPs, memory traffic, bytes on the wire, peak memory.
 
 Deterministic functions of the priced model's shape (fleet/arch.py) and the work (trainer, LoRA rank and
-targets, tokens, pruning level per iteration); nothing measured. Device time is then a roofline:
+targets, tokens, pruning level per iteration); nothing measured. Device time is then a roofline per matmul kind:
 
-    seconds = max(gemm_flops / matmul_rate, gemm_bytes / bandwidth) + elementwise_bytes / bandwidth
+    seconds = sum over matmuls of max(flops / matmul_rate, operand bytes / bandwidth) + elementwise_bytes / bandwidth
 
 with ``matmul_rate`` = peak x efficiency for the precision and trainer (conf/device/*.yaml) and ``bandwidth``
 the device's memory bandwidth. What is counted (per token unless said otherwise; T tokens, s sequence length,
@@ -21,8 +21,9 @@ d head dim, causal attention averages (s+1)/2 keys per query):
   once per matmul and run at the INT8 rate when activations are 8-bit; the ``emulated`` path (this project's
   host implementation, used for calibration) dequantizes each layer to fp32 on every forward and fake-quantizes
   activations per token, all of it memory traffic.
-* Elementwise traffic per layer and token (values x activation bytes): two RMSNorms 4h, rotary 6(q+g)d,
-  residual adds 6h, SwiGLU 5c, each LoRA output's scale-and-add 5*out; the loss 6V fp32 values.
+* Elementwise traffic per layer and token (values x activation bytes; counted from the eager implementations,
+  see the constants below): two RMSNorms 14h, rotary 10(q+g)d, residual adds 6h, SwiGLU 5c, each LoRA output's
+  scale-and-add 5*out; the final norm, the embedding gather and the loss (6V fp32 values).
 
 Not counted: kernel-launch and framework overheads, the embedding gather, rebuilding a pruned model between
 pruning steps; the calibration benchmark (``python -m benchmarks.cost_model``) measures what that leaves out.
@@ -77,21 +78,44 @@ class Job:
 
 @dataclass
 class WorkCost:
-    gemm_flops: float = 0.0
-    gemm_bytes: float = 0.0  # matmul operand traffic (weights, inputs, outputs)
-    elementwise_bytes: float = 0.0  # everything else that moves through memory
+    """Matmuls by kind (name -> [FLOPs, operand bytes]) and the elementwise traffic around them.
+
+    Time is a roofline per matmul kind -- ``max(FLOPs / rate, bytes / bandwidth)``, summed -- so a skinny LoRA
+    matmul (rank r: about r/2 FLOPs per byte) is charged as the memory-bound operation it is, not hidden under
+    the large matmuls' FLOPs; plus the elementwise traffic over the bandwidth.
+    """
+
+    gemms: dict[str, list[float]] = field(default_factory=dict)
+    elementwise_bytes: float = 0.0
+
+    @property
+    def gemm_flops(self) -> float:
+        return sum(f for f, _ in self.gemms.values())
+
+    @property
+    def gemm_bytes(self) -> float:
+        return sum(b for _, b in self.gemms.values())
+
+    def gemm(self, kind: str, m: float, k: float, n: float, a_bytes: float, b_bytes: float, out_bytes: float,
+             count: int = 1) -> None:
+        """``count`` (m x k) @ (k x n) matmuls: 2mkn FLOPs each; operands and output read/written once each."""
+        entry = self.gemms.setdefault(kind, [0.0, 0.0])
+        entry[0] += count * 2 * m * k * n
+        entry[1] += count * (m * k * a_bytes + k * n * b_bytes + m * n * out_bytes)
 
     def __iadd__(self, other: WorkCost) -> WorkCost:
-        self.gemm_flops += other.gemm_flops
-        self.gemm_bytes += other.gemm_bytes
+        for kind, (f, b) in other.gemms.items():
+            entry = self.gemms.setdefault(kind, [0.0, 0.0])
+            entry[0] += f
+            entry[1] += b
         self.elementwise_bytes += other.elementwise_bytes
         return self
 
     def scaled(self, k: float) -> WorkCost:
-        return WorkCost(self.gemm_flops * k, self.gemm_bytes * k, self.elementwise_bytes * k)
+        return WorkCost({kind: [f * k, b * k] for kind, (f, b) in self.gemms.items()}, self.elementwise_bytes * k)
 
     def seconds(self, matmul_flops_per_s: float, bytes_per_s: float) -> float:
-        return max(self.gemm_flops / matmul_flops_per_s, self.gemm_bytes / bytes_per_s) \
+        return sum(max(f / matmul_flops_per_s, b / bytes_per_s) for f, b in self.gemms.values()) \
             + self.elementwise_bytes / bytes_per_s
 
 
@@ -113,44 +137,51 @@ def _packed_bytes(numel: int, quantized: Quantized) -> float:
     return numel * quantized.weight_bits / 8 + groups * 4  # packed codes + fp16 scale and zero per group
 
 
-def _weight_read_bytes(numel: int, kernels: Kernels, quantized: Quantized | None) -> float:
-    """Bytes a matmul reads for its base weight: packed codes with fused kernels, else a float weight (the
-    emulated path multiplies by the fp32 weight it just dequantized)."""
+def _weight_bytes_each(kernels: Kernels, quantized: Quantized | None) -> float:
+    """Bytes per base weight a matmul reads: packed codes with fused kernels, else a float weight (the emulated
+    path multiplies by the fp32 weight it just dequantized)."""
     if quantized is not None and kernels.quant == "fused":
-        return _packed_bytes(numel, quantized)
-    return numel * kernels.weight_bytes
+        return quantized.weight_bits / 8 + (4 / quantized.group_size if quantized.group_size else 0.0)
+    return kernels.weight_bytes
+
+
+# Elementwise values moved per element (reads + writes), counted from the eager implementations the trainers
+# run (transformers' Llama/Qwen2 layers, PEFT's LoRA layer): RMSNorm = pow, mean, x*rsqrt, *weight = 7;
+# rotary = *cos, neg and cat of rotate_half, *sin, add = 10; a residual add = 3; SwiGLU = silu 2 + mul 3 = 5;
+# LoRA's output scale-and-add = 2 + 3 = 5; the loss over fp32 logits = 6.
+RMSNORM, ROTARY, RESIDUAL, SWIGLU, LORA_ADD, LOSS = 7, 10, 3, 5, 5, 6
+# Emulated dequantization per weight, bytes: unpack (packed read, shift, mask: ~3.5), to float (1 + 4), minus
+# zero (4 + 4), times scale (4 + 4); the grouped reshape is a view and the matmul reads the result in place.
+EMULATED_DEQUANT_BYTES = 24.5
 
 
 def forward_cost(shape: ArchShape, kept: Kept, rank: int, targets: tuple[str, ...], tokens: int, seq_len: int,
                  kernels: Kernels, quantized: Quantized | None = None) -> WorkCost:
     """One forward pass over ``tokens`` tokens (in sequences of ``seq_len``)."""
     t, ab, h, d = tokens, kernels.act_bytes, shape.hidden_size, shape.head_dim
-    proj = shape.projections(kept)
-    c = WorkCost()
+    wb = _weight_bytes_each(kernels, quantized)
     layer = WorkCost()
-    for name, (i, o) in proj.items():
-        layer.gemm_flops += 2 * t * i * o
-        layer.gemm_bytes += _weight_read_bytes(i * o, kernels, quantized) + t * (i + o) * ab
+    for name, (i, o) in shape.projections(kept).items():
+        layer.gemm(name, t, i, o, ab, wb, ab)
         if quantized is not None and kernels.quant == "emulated":
-            # dequantize to fp32 every forward: unpack (3 byte passes), to float, minus zero, times scale, copy
-            layer.elementwise_bytes += i * o * (quantized.weight_bits / 8 + 3 + 4 * 7) + i * o * 4
+            layer.elementwise_bytes += i * o * EMULATED_DEQUANT_BYTES  # every forward, before the matmul
             # smoothing division (2 passes) and per-token fake quantization (min, max, 6 read/write pairs)
             layer.elementwise_bytes += t * i * 4 * (2 + 2 + 12) if quantized.act_bits < 16 else t * i * 4 * 2
         elif quantized is not None and quantized.act_bits < 16:
             layer.elementwise_bytes += t * i * (ab + 1)  # quantize activations to int8 once
         if name in targets:
-            layer.gemm_flops += 2 * t * rank * (i + o)
-            layer.gemm_bytes += rank * (i + o) * 4 + t * (i + 2 * rank + o) * ab
-            layer.elementwise_bytes += 5 * t * o * ab
+            layer.gemm(f"lora_A.{name}", t, i, rank, ab, 4, ab)
+            layer.gemm(f"lora_B.{name}", t, rank, o, ab, 4, ab)
+            layer.elementwise_bytes += LORA_ADD * t * o * ab
     q, g = kept.q_heads * d, kept.kv_heads * d
-    layer.gemm_flops += 4 * t * q * (seq_len + 1) / 2  # QK^T and PV, causal
-    layer.gemm_bytes += t * (2 * q + 2 * g) * ab
-    layer.elementwise_bytes += t * (4 * h + 6 * (q + g) + 6 * h + 5 * kept.channels) * ab
-    c += layer.scaled(shape.num_layers)
+    # QK^T and PV per head, causal: (s + 1) / 2 keys per query on average; reads q, k, v, writes the output
+    layer.gemms["attention"] = [4 * t * q * (seq_len + 1) / 2, t * (2 * q + 2 * g) * ab]
+    layer.elementwise_bytes += t * (2 * RMSNORM * h + ROTARY * (q + g) + 2 * RESIDUAL * h
+                                    + SWIGLU * kept.channels) * ab
+    c = layer.scaled(shape.num_layers)
     v = shape.vocab_size
-    c.gemm_flops += 2 * t * h * v
-    c.gemm_bytes += v * h * kernels.weight_bytes + t * h * ab + t * v * ab
-    c.elementwise_bytes += 6 * t * v * 4
+    c.gemm("lm_head", t, h, v, ab, kernels.weight_bytes, ab)
+    c.elementwise_bytes += t * (RMSNORM * h + 2 * h) * ab + LOSS * t * v * 4  # final norm, embedding gather, loss
     return c
 
 
@@ -158,27 +189,20 @@ def backward_cost(shape: ArchShape, kept: Kept, rank: int, targets: tuple[str, .
                   kernels: Kernels) -> WorkCost:
     """Activation and LoRA gradients of one step with a frozen base (see the module docstring)."""
     fwd = forward_cost(shape, kept, rank, targets, tokens, seq_len, kernels)
-    t, ab, d = tokens, kernels.act_bytes, shape.head_dim
-    proj = shape.projections(kept)
+    t, ab, d, L = tokens, kernels.act_bytes, shape.head_dim, shape.num_layers
     c = WorkCost(elementwise_bytes=2 * fwd.elementwise_bytes)
-    layer = WorkCost()
-    for name, (i, o) in proj.items():
-        layer.gemm_flops += 2 * t * i * o
-        layer.gemm_bytes += i * o * kernels.weight_bytes + t * (i + o) * ab
-        if name in targets:
-            layer.gemm_flops += 4 * t * rank * (i + o)
-            layer.gemm_bytes += 2 * rank * (i + o) * 4 + 2 * t * (i + 2 * rank + o) * ab
+    for name, (i, o) in shape.projections(kept).items():
+        # dX = dY W in every layer but where the input needs no gradient: layer 0's q/k/v read the embeddings
+        layers = L - 1 if name in ("q_proj", "k_proj", "v_proj") else L
+        c.gemm(f"dx.{name}", t, o, i, ab, kernels.weight_bytes, ab, count=layers)
+        if name in targets:  # dB = dY^T (xA), d(xA) = dY B, dA = d(xA)^T x, dx = d(xA) A
+            c.gemm(f"dB.{name}", o, t, rank, ab, ab, 4, count=L)
+            c.gemm(f"dxA.{name}", t, o, rank, ab, 4, ab, count=L)
+            c.gemm(f"dA.{name}", rank, t, i, ab, ab, 4, count=L)
+            c.gemm(f"dx_lora.{name}", t, rank, i, ab, 4, ab, count=layers)
     q, g = kept.q_heads * d, kept.kv_heads * d
-    layer.gemm_flops += 2 * 4 * t * q * (seq_len + 1) / 2
-    layer.gemm_bytes += 2 * t * (2 * q + 2 * g) * ab
-    c += layer.scaled(shape.num_layers)
-    # layer 0's q/k/v read the embeddings, which need no gradient: no activation gradient through them
-    for name in ("q_proj", "k_proj", "v_proj"):
-        i, o = proj[name]
-        c.gemm_flops -= 2 * t * i * o + (2 * t * rank * i if name in targets else 0)
-    h, v = shape.hidden_size, shape.vocab_size
-    c.gemm_flops += 2 * t * h * v
-    c.gemm_bytes += v * h * kernels.weight_bytes + t * (h + v) * ab
+    c.gemms["attention"] = [L * 2 * 4 * t * q * (seq_len + 1) / 2, L * 2 * t * (2 * q + 2 * g) * ab]
+    c.gemm("dx.lm_head", t, shape.vocab_size, shape.hidden_size, ab, kernels.weight_bytes, ab)
     return c
 
 

@@ -165,8 +165,9 @@ class FleetFedAvg(Strategy):
                                self.work_levels(work, device))
 
     def priced_bytes(self, work: Work, device: Device) -> tuple[int, int]:
-        """(down, up) at the priced model: the global adapter each way (a seed upload is counted as sent)."""
-        full = self.pricer.adapter_bytes(0.0, self.settings.method.lora.rank)
+        """(down, up) at the priced model: the adapter at the work's rank each way (DP-DyLoRA's round rank; a
+        seed upload is counted as sent)."""
+        full = self.pricer.adapter_bytes(0.0, work.rank)
         return full, full
 
     def reply_time(self, update: Update, bytes_up: int) -> DeviceTime:
