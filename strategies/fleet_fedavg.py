@@ -36,7 +36,7 @@ from fleet.availability import failing_devices, on_time, round_duration, selecti
 from fleet.arch import ArchShape
 from fleet.clock import DeviceTime
 from fleet.devices import Device
-from fleet.pricing import Pricer
+from fleet.pricing import FORWARD_ONLY_TRAINERS, Pricer
 from protocol.messages import (
     ARRAYS,
     METRICS,
@@ -175,7 +175,7 @@ class FleetFedAvg(Strategy):
         device = self.devices[update.device_index]
         work = self._ledger.work[update.device_index]
         down, up = self.priced_bytes(work, device)
-        if work.trainer == "zeroqat" and self.settings.zeroqat.seed_upload:
+        if work.trainer in FORWARD_ONLY_TRAINERS and self.settings.zeroqat.seed_upload:
             up = bytes_up  # (seeds, projected gradients): the same on any model
         sent_down = self._ledger.bytes_down.get(update.device_index, self._ledger.bytes_down_each)
         stall = update.metrics.get("stall_s", 0.0)
