@@ -135,7 +135,7 @@ def train_cohort(runtime, works: list[Work], received: list[dict[str, np.ndarray
         for step in range(w0.local_steps):
             x = torch.cat([d.train_inputs[b[step]] for d, b in zip(data, batches)]).to(device)
             y = torch.cat([d.train_labels[b[step]] for d, b in zip(data, batches)]).to(device)
-            logits = model(input_ids=x).logits[:, :-1].float()
+            logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
             target = y[:, 1:]
             per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
                                                     ignore_index=-100, reduction="none")
@@ -234,7 +234,7 @@ def evaluate_replies(plain_settings: dict, messages: list) -> dict[int, object]:
         with runtime.autocast():
             for lo in range(0, len(inputs), chunk):
                 x, y = inputs[lo:lo + chunk], labels[lo:lo + chunk]
-                logits = model(input_ids=x).logits[:, :-1].float()
+                logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
                 target = y[:, 1:]
                 mask = target != -100
                 per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
