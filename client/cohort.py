@@ -12,8 +12,12 @@ no weight decay) updates each device's slice exactly as its own optimizer would.
 seeded ``batch_indices``), the same initial adapter, the same loss: what a device computes is the plain
 trainer's result up to floating-point reassociation (tests/test_throughput.py bounds the difference).
 
-Only work that shares a shape is batched together: the ``lora_backprop`` trainer, the same rank, local steps,
-batch size and learning rate. Everything else runs through the ordinary handler.
+ZeroQAT's forward-only SPSA steps batch the same way (:func:`train_cohort_zeroqat`): each device perturbs its own
+adapter slice along its own seeded directions, and one forward gives every device's loss.
+
+Only work that shares a shape is batched together: the same trainer (``lora_backprop`` or ``zeroqat``), rank,
+local steps, batch size (and learning rate). Everything else (FedSpine's pruned sub-models, DP-SGD, devices
+with injected faults) runs through the ordinary handler.
 """
 
 from __future__ import annotations
@@ -110,11 +114,138 @@ def multi_lora_model(runtime, rank: int) -> MultiLoraModel:
     return _MODELS[key]
 
 
-def batch_key(work: Work, trainer: str) -> tuple | None:
+def batch_key(work: Work, trainer: str, settings=None) -> tuple | None:
     """Work that may share a batched step has the same key (None: not batchable)."""
+    if trainer == "zeroqat" and settings is not None and settings.zeroqat.trainable == "lora":
+        return (trainer, work.rank, work.local_steps, work.batch_size)  # ZeroQAT's lr is zeroqat.lr
     if trainer not in BATCHABLE_TRAINERS:
         return None
     return (trainer, work.rank, work.local_steps, work.batch_size, work.lr)
+
+
+# ------------------------------------------------------------------ ZeroQAT (forward-only SPSA), batched
+class _ZoMultiLora:
+    """A private copy of the runtime's quantized ZeroQAT model with each PEFT LoRA layer replaced by a
+    :class:`MultiLoraLinear` over the same (packed, quantized) base layer. Activations are quantized per token,
+    so a device's rows see exactly what they would see alone."""
+
+    def __init__(self, peft_quantized: nn.Module) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        self.model = copy.deepcopy(peft_quantized)
+        self.layers: dict[str, MultiLoraLinear] = {}
+        for name, module in list(self.model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, LoraLayer):
+                    wrapped = MultiLoraLinear(child.base_layer, float(child.scaling["default"]))
+                    setattr(module, child_name, wrapped)
+                    self.layers[f"{name}.{child_name}"] = wrapped
+
+    def load(self, adapters: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+        """Stacked [K, ...] tensors by adapter key (PEFT's names)."""
+        out = {}
+        for path, layer in self.layers.items():
+            layer.lora_A = torch.from_numpy(np.stack([np.asarray(ad[f"{path}.lora_A.weight"], np.float32)
+                                                      for ad in adapters]))
+            layer.lora_B = torch.from_numpy(np.stack([np.asarray(ad[f"{path}.lora_B.weight"], np.float32)
+                                                      for ad in adapters]))
+            out[f"{path}.lora_A.weight"], out[f"{path}.lora_B.weight"] = layer.lora_A, layer.lora_B
+        return out
+
+
+_ZO_MODELS: dict[tuple, _ZoMultiLora] = {}
+
+
+def zo_multi_lora(runtime, rank: int) -> _ZoMultiLora:
+    from client.trainers.zeroqat import _quantized_model
+
+    key = (id(runtime), rank)
+    if key not in _ZO_MODELS:
+        _ZO_MODELS.clear()
+        _ZO_MODELS[key] = _ZoMultiLora(_quantized_model(runtime, rank))
+    return _ZO_MODELS[key]
+
+
+@torch.no_grad()
+def train_cohort_zeroqat(runtime, works: list[Work], received: list[dict[str, np.ndarray]]) -> list[TrainResult]:
+    """ZeroQAT's SPSA steps for K devices at once: each device perturbs its own adapter slice along its own
+    seeded directions (drawn tensor by tensor in the same sorted-name order as ``zeroqat.spsa``), one batched
+    forward gives every device's L+ (then L-), and each applies its own step. Same seeds, batches, losses and
+    update rule as ``client.trainers.zeroqat``; the reply is built the same way (seed upload included)."""
+    from zeroqat import upload
+    from zeroqat.spsa import lr_at, noise, step_coefficient, step_seeds
+
+    cfg = runtime.settings.zeroqat
+    k, w0 = len(works), works[0]
+    holder = zo_multi_lora(runtime, w0.rank)
+    stacked = holder.load(received)
+    names = sorted(stacked)  # zeroqat.model.trainable_tensors: the order z is drawn in
+    data = [runtime.device_data(w.device_index) for w in works]
+    batches = [batch_indices(len(d.train_inputs), w.batch_size, w.local_steps, w.seed) for d, w in zip(data, works)]
+    seeds = [step_seeds(w.seed, w.local_steps, cfg.perturbations) for w in works]
+    steps, q = seeds[0].shape
+
+    def direction(j: int, seed: int, alpha: float) -> None:
+        gen = torch.Generator().manual_seed(int(seed))
+        for name in names:
+            p = stacked[name][j]
+            p.add_(noise(p.shape, gen).to(p.dtype), alpha=alpha)
+
+    def losses_at(t: int) -> list[float]:
+        x = torch.cat([d.train_inputs[b[t]] for d, b in zip(data, batches)])
+        y = torch.cat([d.train_labels[b[t]] for d, b in zip(data, batches)])
+        logits = holder.model(input_ids=x, use_cache=False).logits[:, :-1].float()
+        target = y[:, 1:]
+        rows = len(x) // k
+        out = []
+        for j in range(k):  # each device's summed loss exactly as zeroqat.batch_loss sums it
+            lj, tj = logits[j * rows:(j + 1) * rows], target[j * rows:(j + 1) * rows]
+            total = nn.functional.cross_entropy(lj.reshape(-1, lj.size(-1)), tj.reshape(-1), ignore_index=-100,
+                                                reduction="sum")
+            out.append(total.item() / max(int((tj != -100).sum().item()), 1))
+        return out
+
+    grads = np.zeros((k, steps, q), dtype=np.float32)
+    losses: list[list[float]] = [[] for _ in range(k)]
+    start = time.perf_counter()
+    with runtime.autocast():
+        for t in range(steps):
+            step_losses: list[list[float]] = [[] for _ in range(k)]
+            for i in range(q):
+                for j in range(k):
+                    direction(j, seeds[j][t, i], cfg.eps)
+                plus = losses_at(t)
+                for j in range(k):
+                    direction(j, seeds[j][t, i], -2 * cfg.eps)
+                minus = losses_at(t)
+                for j in range(k):
+                    direction(j, seeds[j][t, i], cfg.eps)
+                    g = (plus[j] - minus[j]) / (2 * cfg.eps)
+                    if cfg.grad_clip > 0:
+                        g = max(-cfg.grad_clip, min(cfg.grad_clip, g))
+                    grads[j, t, i] = g
+                    step_losses[j] += [plus[j], minus[j]]
+            lr_t = lr_at(t, steps, cfg.lr, cfg.lr_schedule)
+            for j in range(k):
+                for i in range(q):
+                    direction(j, seeds[j][t, i], step_coefficient(grads[j, t, i], lr_t, q))
+                losses[j].append(sum(step_losses[j]) / len(step_losses[j]))
+    compute_s = time.perf_counter() - start
+    results = []
+    for j, work in enumerate(works):
+        adapter = {name: stacked[name][j].numpy().copy() for name in names}
+        seed_upload = upload.encode(seeds[j], grads[j])
+        if cfg.seed_upload:
+            adapter = upload.replay_adapter(received[j], seed_upload, cfg.lr, cfg.lr_schedule)
+        metrics = {"train_loss": float(np.mean(losses[j])), "compute_s": compute_s / k,
+                   "zo_grad_abs_mean": float(np.abs(grads[j]).mean()),
+                   "adapter_bytes": float(sum(v.nbytes for v in adapter.values())),
+                   "seed_bytes": float(sum(v.nbytes for v in seed_upload.values())), "batched_devices": float(k)}
+        results.append(TrainResult(adapter=adapter, num_examples=len(data[j].train_inputs), metrics=metrics,
+                                   upload=seed_upload if cfg.seed_upload else None))
+    for layer in holder.layers.values():
+        layer.lora_A = layer.lora_B = None
+    return results
 
 
 def train_cohort(runtime, works: list[Work], received: list[dict[str, np.ndarray]]) -> list[TrainResult]:
@@ -173,15 +304,17 @@ def train_replies(plain_settings: dict, messages: list, contexts: list) -> dict[
     runtime = get_runtime(plain_settings)
     s = runtime.settings
     groups: dict[tuple, list[int]] = {}
+    chunk_trainer: dict[int, str] = {}
     for i, (msg, context) in enumerate(zip(messages, contexts)):
         work = Work.from_config(msg.content[CONFIG])
         if injected_kind(plain_settings, work.device_index) or STRUCTURE in msg.content:
             continue
         trainer = trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
                              runtime.devices[work.device_index].class_name, work.trainer)
-        key = batch_key(work, trainer)
+        key = batch_key(work, trainer, s)
         if key is not None:
             groups.setdefault(key, []).append(i)
+            chunk_trainer[i] = trainer
     replies: dict[int, object] = {}
     cap = max(1, s.simulation.max_batched_devices)
     for members in groups.values():
@@ -193,7 +326,8 @@ def train_replies(plain_settings: dict, messages: list, contexts: list) -> dict[
             works = [Work.from_config(messages[i].content[CONFIG]) for i in chunk]
             received = [from_array_record(messages[i].content[ARRAYS]) for i in chunk]
             decode_s = (time.perf_counter() - started) / len(chunk)
-            results = train_cohort(runtime, works, received)
+            batched = train_cohort_zeroqat if chunk_trainer[chunk[0]] == "zeroqat" else train_cohort
+            results = batched(runtime, works, received)
             timing = {"handler_s": (time.perf_counter() - started) / len(chunk), "decode_s": decode_s}
             for i, work, got, result in zip(chunk, works, received, results):
                 replies[i] = reply_for(messages[i], work, got, result, None, timing)

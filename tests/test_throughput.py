@@ -1,8 +1,8 @@
 """Issue 14: the fast path (in-process engine with cohort batching) trains the same adapters as the plain path.
 
-Cohort batching (client/cohort.py) stacks a round's backprop-LoRA devices into one batch with one adapter per
-device; each device's gradient and AdamW step are its own, so the result differs from one-device-at-a-time
-training only by floating-point reassociation. Stated tolerance: after 2 rounds on +fleet=8dev_test, every
+Cohort batching (client/cohort.py) stacks a round's backprop-LoRA (or ZeroQAT) devices into one batch with one
+adapter per device; each device's gradient and AdamW step (or SPSA directions and step) are its own, so the
+result differs from one-device-at-a-time training only by floating-point reassociation. Stated tolerance: after 2 rounds on +fleet=8dev_test, every
 adapter tensor within 1e-4 absolute, and the global update (final - initial adapter) within 1e-3 relative
 (L2). No timing is asserted here: benchmarks/throughput.py measures speed.
 """
@@ -38,15 +38,17 @@ def _final_adapter(overrides, monkeypatch=None):
     return from_array_record(result.arrays), result
 
 
-def test_cohort_batching_gives_the_plain_paths_adapters(fast_overrides, tmp_path, monkeypatch):
-    trainers = ["client.trainer=lora_backprop"]  # every device of the cohort is batchable
+@pytest.mark.parametrize("trainer", ["lora_backprop", "zeroqat"])
+def test_cohort_batching_gives_the_plain_paths_adapters(fast_overrides, tmp_path, monkeypatch, trainer):
+    trainers = [f"client.trainer={trainer}"]  # every device of the cohort is batchable
     from client import cohort
     from models.base_checkpoint import base_dir, load_base_model
     from models.lora import adapter_arrays, attach_lora
 
     calls = []
-    original = cohort.train_cohort
-    monkeypatch.setattr(cohort, "train_cohort", lambda rt, w, r: calls.append(len(w)) or original(rt, w, r))
+    name = "train_cohort_zeroqat" if trainer == "zeroqat" else "train_cohort"
+    original = getattr(cohort, name)
+    monkeypatch.setattr(cohort, name, lambda rt, w, r: calls.append(len(w)) or original(rt, w, r))
     plain, plain_result = _final_adapter(_overrides(fast_overrides, tmp_path, "plain", ["simulation.backend=inprocess",
                                                                                        *trainers]))
     assert not calls
