@@ -345,7 +345,8 @@ def write(summary: dict) -> None:
         "",
         "- Cohort batching (client/cohort.py) trains a round's backprop-LoRA devices, and separately its ZeroQAT "
         "devices, as one batch with one adapter per device; tests/test_throughput.py shows the same adapters as "
-        "one device at a time within 1e-4 abs / 1e-3 rel (ZeroQAT came out bit-identical in a direct 5-device check). The "
+        "one device at a time within 1e-4 abs / 1e-3 rel (ZeroQAT came out bit-identical in a direct 5-device "
+        "check). The "
         "simulated clock is unchanged (`cost.clock=analytic`, required by the config check).",
         "- FedSpine's pruned trainer is not batched (every device's sub-model has its own shape); it gains only "
         "what the in-process engine saves.",

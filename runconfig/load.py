@@ -137,7 +137,8 @@ def _validate_simulation(s: Settings) -> None:
                  f"batched devices share one measured compute time, which cost.clock={s.cost.clock} would read",
                  "cost.clock=analytic, or simulation.cohort_batching=false")
         _require(s.method.lora.dropout == 0, "simulation.cohort_batching",
-                 "batched adapters apply no LoRA dropout", "method.lora.dropout=0.0, or simulation.cohort_batching=false")
+                 "batched adapters apply no LoRA dropout",
+                 "method.lora.dropout=0.0, or simulation.cohort_batching=false")
         _require(sim.max_batched_devices >= 2, "simulation.max_batched_devices", "must be >= 2", "e.g. 64")
 
 

@@ -80,7 +80,10 @@ class InProcessGrid(Grid):
         from client.cohort import evaluate_replies, train_replies
 
         out: dict[int, Message] = {}
-        for kind, batch in ((MessageType.TRAIN, lambda ms: train_replies(self.plain, ms, [self._context(m) for m in ms])),
+        def train(ms):
+            return train_replies(self.plain, ms, [self._context(m) for m in ms])
+
+        for kind, batch in ((MessageType.TRAIN, train),
                             (MessageType.EVALUATE, lambda ms: evaluate_replies(self.plain, ms))):
             picked = [i for i, m in enumerate(messages) if m.metadata.message_type == kind]
             if len(picked) < 2:

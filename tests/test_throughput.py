@@ -2,9 +2,9 @@
 
 Cohort batching (client/cohort.py) stacks a round's backprop-LoRA (or ZeroQAT) devices into one batch with one
 adapter per device; each device's gradient and AdamW step (or SPSA directions and step) are its own, so the
-result differs from one-device-at-a-time training only by floating-point reassociation. Stated tolerance: after 2 rounds on +fleet=8dev_test, every
-adapter tensor within 1e-4 absolute, and the global update (final - initial adapter) within 1e-3 relative
-(L2). No timing is asserted here: benchmarks/throughput.py measures speed.
+result differs from one-device-at-a-time training only by floating-point reassociation. Stated tolerance: after
+2 rounds on +fleet=8dev_test, every adapter tensor within 1e-4 absolute, and the global update (final - initial
+adapter) within 1e-3 relative (L2). No timing is asserted here: benchmarks/throughput.py measures speed.
 """
 
 from __future__ import annotations
