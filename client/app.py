@@ -9,6 +9,7 @@ from __future__ import annotations
 import resource
 import time
 
+import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -39,11 +40,13 @@ def handle_query(plain_settings: dict, msg: Message, context: Context) -> Messag
 
 
 def handle_train(plain_settings: dict, msg: Message, context: Context) -> Message:
+    started = time.perf_counter()
     runtime = get_runtime(plain_settings)
     work = Work.from_config(msg.content[CONFIG])
     fault = injected_kind(plain_settings, work.device_index)  # testing / chaos only (faults.inject)
     before_training(fault, work.device_index)
     received = from_array_record(msg.content[ARRAYS])
+    decode_s = time.perf_counter() - started
     s = runtime.settings  # the node may name its own class or trainer (--node-config); see client/device_detect.py
     trainer = get_trainer(trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
                                      runtime.devices[work.device_index].class_name, work.trainer))
@@ -57,6 +60,14 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
         load_adapter_arrays(model, received)
         with runtime.autocast():
             result = trainer.train(model, runtime.device_data(work.device_index).to_model(model), work)
+    return reply_for(msg, work, received, result, fault, {"handler_s": time.perf_counter() - started,
+                                                            "decode_s": decode_s})
+
+
+def reply_for(msg: Message, work: Work, received: dict, result, fault: str | None,
+              timing: dict[str, float] | None = None) -> Message:
+    """The train reply: the delta (or seed upload) of a finished local training, as an Update. ``timing``:
+    the handler's host wall time (``handler_s``, training included) and message decoding (``decode_s``)."""
     if result.upload is not None:  # ZeroQAT seed upload: (seeds, projected gradients), replayed by the server
         delta = result.upload
     else:
@@ -68,7 +79,8 @@ def handle_train(plain_settings: dict, msg: Message, context: Context) -> Messag
         server_round=work.server_round,
         delta=delta,
         num_examples=result.num_examples,
-        metrics={**result.metrics, "host_gflops": host_gflops(), "peak_rss_mb": _peak_rss_mb()},
+        metrics={**result.metrics, **(timing or {}), "host_gflops": host_gflops(), "peak_rss_mb": _peak_rss_mb(),
+                 "torch_threads": float(torch.get_num_threads())},
         structure=result.structure,
         model_version=work.model_version,
     )

@@ -120,6 +120,26 @@ def validate(s: Settings) -> None:
 
 
 CLOCKS = ("analytic", "host_scaled", "measured")
+BACKENDS = ("ray", "inprocess")
+
+
+def _validate_simulation(s: Settings) -> None:
+    sim = s.simulation
+    _require(sim.backend in BACKENDS, "simulation.backend", f"unknown '{sim.backend}'",
+             "ray (Flower's simulation engine) or inprocess (the ClientApp handlers in the server's process)")
+    _require(sim.backend == "ray" or not sim.ray_address, "simulation.ray_address",
+             "is set, but simulation.backend=inprocess starts no Ray", "simulation.backend=ray, or drop ray_address")
+    if sim.cohort_batching:
+        _require(sim.backend == "inprocess", "simulation.cohort_batching",
+                 "needs simulation.backend=inprocess (Ray runs each device in its own call)",
+                 "simulation.backend=inprocess simulation.cohort_batching=true")
+        _require(s.cost.clock == "analytic", "simulation.cohort_batching",
+                 f"batched devices share one measured compute time, which cost.clock={s.cost.clock} would read",
+                 "cost.clock=analytic, or simulation.cohort_batching=false")
+        _require(s.method.lora.dropout == 0, "simulation.cohort_batching",
+                 "batched adapters apply no LoRA dropout",
+                 "method.lora.dropout=0.0, or simulation.cohort_batching=false")
+        _require(sim.max_batched_devices >= 2, "simulation.max_batched_devices", "must be >= 2", "e.g. 64")
 
 
 def _validate_cost(s: Settings) -> None:
@@ -256,6 +276,7 @@ def _validate_references(s: Settings) -> None:
         _require(trainer in TRAINERS, key, f"unknown trainer '{trainer}'", f"one of {', '.join(sorted(TRAINERS))}")
     _require(bool(str(s.tracking.uri).strip()), "tracking.uri", "is empty", "e.g. sqlite:///mlflow.db")
     _require(s.simulation.num_cpus_per_client > 0, "simulation.num_cpus_per_client", "must be > 0", "e.g. 1")
+    _validate_simulation(s)
     _require(0 <= s.method.lora.dropout < 1, "method.lora.dropout", "must be in [0, 1)", "method.lora.dropout=0.0")
     _require(s.method.lora.alpha > 0, "method.lora.alpha", "must be > 0", "method.lora.alpha=16")
     _require(s.method.lora.rescale in ("standard", "dylora"), "method.lora.rescale",

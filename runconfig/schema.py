@@ -185,7 +185,11 @@ class ClientConfig:
 
 @dataclass
 class SimulationConfig:
-    backend: str = "ray"
+    backend: str = "ray"  # ray: Flower's simulation engine | inprocess: the ClientApp handlers in this process
+    # inprocess only: a round's backprop-LoRA devices of one shape train as one batch (one base forward for many
+    # adapters; client/cohort.py), and devices evaluating the same adapter share forward passes
+    cohort_batching: bool = False
+    max_batched_devices: int = 64  # devices per batched step (memory: ~ this x batch_size x seq_len x vocab)
     num_cpus_per_client: float = 1.0
     num_gpus_per_client: float = 0.0
     ray_address: Optional[str] = None

@@ -9,12 +9,21 @@ the runtime itself.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from client.app import handle_evaluate, handle_query, handle_train
+
+logger = logging.getLogger(__name__)
+
+
+def _error_reply(msg: Message, err: Exception) -> Message:
+    from flwr.app import Error
+
+    return Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
 
 def ensure_task_identity() -> None:
     """Messages take run/task/node ids from the process's task identity, which Flower's engine sets in a
@@ -53,22 +62,50 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
 
-    def _deliver(self, msg: Message) -> Message:
+    def _context(self, msg: Message) -> Context:
         node = msg.metadata.dst_node_id
-        context = Context(run_id=0, node_id=node, node_config={"partition-id": node - 1,
-                          "num-partitions": len(self.nodes)}, state=RecordDict(), run_config={})
-        try:
-            return HANDLERS[msg.metadata.message_type](self.plain, msg, context)
-        except Exception as err:  # a failing device is a failed reply, as in the real engine
-            from flwr.app import Error
+        return Context(run_id=0, node_id=node, node_config={"partition-id": node - 1,
+                       "num-partitions": len(self.nodes)}, state=RecordDict(), run_config={})
 
-            return Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+    def _deliver(self, msg: Message) -> Message:
+        try:
+            return HANDLERS[msg.metadata.message_type](self.plain, msg, self._context(msg))
+        except Exception as err:  # a failing device is a failed reply, as in the real engine
+            return _error_reply(msg, err)
+
+    def _batched(self, messages: list[Message]) -> dict[int, Message]:
+        """Replies computed for several devices at once (``simulation.cohort_batching``, client/cohort.py)."""
+        if not (self.plain.get("simulation") or {}).get("cohort_batching"):
+            return {}
+        from client.cohort import evaluate_replies, train_replies
+
+        out: dict[int, Message] = {}
+        def train(ms):
+            return train_replies(self.plain, ms, [self._context(m) for m in ms])
+
+        for kind, batch in ((MessageType.TRAIN, train),
+                            (MessageType.EVALUATE, lambda ms: evaluate_replies(self.plain, ms))):
+            picked = [i for i, m in enumerate(messages) if m.metadata.message_type == kind]
+            if len(picked) < 2:
+                continue
+            try:
+                replies = batch([messages[i] for i in picked])
+            except Exception:  # noqa: BLE001 -- the devices are then run one by one, as without batching
+                logger.warning("batched %s failed; running its devices one by one", kind, exc_info=True)
+                continue
+            out.update({picked[j]: reply for j, reply in replies.items()})
+        return out
+
+    def _replies(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        batched = self._batched(messages)
+        return [batched[i] if i in batched else self._deliver(m) for i, m in enumerate(messages)]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
-        for i, msg in enumerate(messages):
+        for i, reply in enumerate(self._replies(messages)):
             key = f"{len(self._inbox)}-{i}"
-            self._inbox[key] = self._deliver(msg)
+            self._inbox[key] = reply
             ids.append(key)
         return ids
 
@@ -76,4 +113,4 @@ class InProcessGrid(Grid):
         return [self._inbox.pop(i) for i in message_ids if i in self._inbox]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return [self._deliver(m) for m in messages]
+        return self._replies(messages)

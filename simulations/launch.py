@@ -62,6 +62,12 @@ def launch_simulation(settings: Settings, show_progress: bool = True) -> None:
 
     plain = to_plain(settings)
     quiet_frameworks()  # importing flwr resets its logger
+    if settings.simulation.backend == "inprocess":  # one process, no Ray: see simulations/inprocess.py
+        from server.federation import run_server
+        from simulations.inprocess import InProcessGrid
+
+        run_server(InProcessGrid(plain, settings.fleet.size), settings, show_progress=show_progress)
+        return
     run_simulation(
         server_app=build_server_app(plain, show_progress=show_progress),
         client_app=build_client_app(plain),

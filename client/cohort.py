@@ -1,0 +1,393 @@
+"""Cohort batching: a round's backprop-LoRA devices trained together, one base forward for many adapters.
+
+The devices of a cohort share the frozen base model and differ only in their LoRA adapters and their data. As
+multi-LoRA serving systems do (Punica, S-LoRA), the in-process engine (``simulation.backend=inprocess`` with
+``simulation.cohort_batching=true``) stacks K devices' batches into one batch of K x batch_size windows and
+their adapters into [K, r, in] / [K, out, r] tensors: every adapted linear layer computes
+``W x + s * B_k (A_k x)`` for the rows of device k (one GEMM for the base, two batched GEMMs for the adapters).
+
+Each device's loss is its own mean next-token loss, and the step minimises their sum: a device's adapter only
+enters its own rows, so each gets exactly its own gradient, and AdamW (element-wise, same step count, same lr,
+no weight decay) updates each device's slice exactly as its own optimizer would. The same batches (the same
+seeded ``batch_indices``), the same initial adapter, the same loss: what a device computes is the plain
+trainer's result up to floating-point reassociation (tests/test_throughput.py bounds the difference).
+
+ZeroQAT's forward-only SPSA steps batch the same way (:func:`train_cohort_zeroqat`): each device perturbs its own
+adapter slice along its own seeded directions, and one forward gives every device's loss.
+
+Only work that shares a shape is batched together: the same trainer (``lora_backprop`` or ``zeroqat``), rank,
+local steps, batch size (and learning rate). Everything else (FedSpine's pruned sub-models, DP-SGD, devices
+with injected faults) runs through the ordinary handler.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
+
+from client.trainers.base import TrainResult, batch_indices
+from models.base_checkpoint import base_dir, load_base_model
+from models.lora import peft_config
+from protocol.messages import Work
+
+BATCHABLE_TRAINERS = ("lora_backprop",)
+PEFT_PREFIX = "base_model.model."
+
+
+class MultiLoraLinear(nn.Module):
+    """A frozen linear layer with one LoRA adapter per group of rows (K groups of equal size)."""
+
+    def __init__(self, base: nn.Linear, scaling: float) -> None:
+        super().__init__()
+        self.base = base
+        self.scaling = scaling
+        self.lora_A: torch.Tensor | None = None  # [K, r, in]
+        self.lora_B: torch.Tensor | None = None  # [K, out, r]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        k = self.lora_A.shape[0]
+        xk = x.reshape(k, -1, x.shape[-1])  # rows of device k are contiguous
+        lora = torch.bmm(torch.bmm(xk, self.lora_A.transpose(1, 2)), self.lora_B.transpose(1, 2))
+        return out + lora.reshape(out.shape) * self.scaling
+
+
+class MultiLoraModel:
+    """A private copy of the dense base with every LoRA target wrapped in :class:`MultiLoraLinear`."""
+
+    def __init__(self, base: nn.Module, targets: tuple[str, ...], scaling: float) -> None:
+        self.model = copy.deepcopy(base)
+        self.model.requires_grad_(False)
+        self.layers: dict[str, MultiLoraLinear] = {}
+        for name, module in list(self.model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if child_name in targets and isinstance(child, nn.Linear):
+                    wrapped = MultiLoraLinear(child, scaling)
+                    setattr(module, child_name, wrapped)
+                    self.layers[f"{name}.{child_name}" if name else child_name] = wrapped
+
+    def load(self, adapters: list[dict[str, np.ndarray]]) -> list[torch.Tensor]:
+        """Stack the devices' adapters (PEFT key names) into trainable [K, ...] tensors; returns them."""
+        params = []
+        for path, layer in self.layers.items():
+            a = np.stack([np.asarray(ad[f"{PEFT_PREFIX}{path}.lora_A.weight"], dtype=np.float32) for ad in adapters])
+            b = np.stack([np.asarray(ad[f"{PEFT_PREFIX}{path}.lora_B.weight"], dtype=np.float32) for ad in adapters])
+            layer.lora_A = torch.from_numpy(a).requires_grad_(True)
+            layer.lora_B = torch.from_numpy(b).requires_grad_(True)
+            params += [layer.lora_A, layer.lora_B]
+        return params
+
+    def adapters(self, count: int) -> list[dict[str, np.ndarray]]:
+        out: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+        for path, layer in self.layers.items():
+            a, b = layer.lora_A.detach().float().numpy(), layer.lora_B.detach().float().numpy()
+            for k in range(count):
+                out[k][f"{PEFT_PREFIX}{path}.lora_A.weight"] = a[k].copy()
+                out[k][f"{PEFT_PREFIX}{path}.lora_B.weight"] = b[k].copy()
+        return out
+
+
+@lru_cache(maxsize=2)
+def _dense_base(folder: str):
+    from pathlib import Path
+
+    return load_base_model(Path(folder))
+
+
+_MODELS: dict[tuple, MultiLoraModel] = {}
+
+
+def multi_lora_model(runtime, rank: int) -> MultiLoraModel:
+    s = runtime.settings
+    cfg = peft_config(s.method.lora, rank)
+    scaling = cfg.lora_alpha / (cfg.r ** 0.5 if cfg.use_rslora else cfg.r)
+    key = (id(runtime), rank, scaling)
+    if key not in _MODELS:
+        _MODELS.clear()
+        base = _dense_base(str(base_dir(s))).to(runtime.device)
+        _MODELS[key] = MultiLoraModel(base, tuple(s.method.lora.target_modules), scaling)
+    return _MODELS[key]
+
+
+def batch_key(work: Work, trainer: str, settings=None) -> tuple | None:
+    """Work that may share a batched step has the same key (None: not batchable)."""
+    if trainer == "zeroqat" and settings is not None and settings.zeroqat.trainable == "lora":
+        return (trainer, work.rank, work.local_steps, work.batch_size)  # ZeroQAT's lr is zeroqat.lr
+    if trainer not in BATCHABLE_TRAINERS:
+        return None
+    return (trainer, work.rank, work.local_steps, work.batch_size, work.lr)
+
+
+# ------------------------------------------------------------------ ZeroQAT (forward-only SPSA), batched
+class _ZoMultiLora:
+    """A private copy of the runtime's quantized ZeroQAT model with each PEFT LoRA layer replaced by a
+    :class:`MultiLoraLinear` over the same (packed, quantized) base layer. Activations are quantized per token,
+    so a device's rows see exactly what they would see alone."""
+
+    def __init__(self, peft_quantized: nn.Module) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        self.model = copy.deepcopy(peft_quantized)
+        self.layers: dict[str, MultiLoraLinear] = {}
+        for name, module in list(self.model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, LoraLayer):
+                    wrapped = MultiLoraLinear(child.base_layer, float(child.scaling["default"]))
+                    setattr(module, child_name, wrapped)
+                    self.layers[f"{name}.{child_name}"] = wrapped
+
+    def load(self, adapters: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+        """Stacked [K, ...] tensors by adapter key (PEFT's names)."""
+        out = {}
+        for path, layer in self.layers.items():
+            layer.lora_A = torch.from_numpy(np.stack([np.asarray(ad[f"{path}.lora_A.weight"], np.float32)
+                                                      for ad in adapters]))
+            layer.lora_B = torch.from_numpy(np.stack([np.asarray(ad[f"{path}.lora_B.weight"], np.float32)
+                                                      for ad in adapters]))
+            out[f"{path}.lora_A.weight"], out[f"{path}.lora_B.weight"] = layer.lora_A, layer.lora_B
+        return out
+
+
+_ZO_MODELS: dict[tuple, _ZoMultiLora] = {}
+
+
+def zo_multi_lora(runtime, rank: int) -> _ZoMultiLora:
+    from client.trainers.zeroqat import _quantized_model
+
+    key = (id(runtime), rank)
+    if key not in _ZO_MODELS:
+        _ZO_MODELS.clear()
+        _ZO_MODELS[key] = _ZoMultiLora(_quantized_model(runtime, rank))
+    return _ZO_MODELS[key]
+
+
+@torch.no_grad()
+def train_cohort_zeroqat(runtime, works: list[Work], received: list[dict[str, np.ndarray]]) -> list[TrainResult]:
+    """ZeroQAT's SPSA steps for K devices at once: each device perturbs its own adapter slice along its own
+    seeded directions (drawn tensor by tensor in the same sorted-name order as ``zeroqat.spsa``), one batched
+    forward gives every device's L+ (then L-), and each applies its own step. Same seeds, batches, losses and
+    update rule as ``client.trainers.zeroqat``; the reply is built the same way (seed upload included)."""
+    from zeroqat import upload
+    from zeroqat.spsa import lr_at, noise, step_coefficient, step_seeds
+
+    cfg = runtime.settings.zeroqat
+    k, w0 = len(works), works[0]
+    holder = zo_multi_lora(runtime, w0.rank)
+    stacked = holder.load(received)
+    names = sorted(stacked)  # zeroqat.model.trainable_tensors: the order z is drawn in
+    data = [runtime.device_data(w.device_index) for w in works]
+    batches = [batch_indices(len(d.train_inputs), w.batch_size, w.local_steps, w.seed) for d, w in zip(data, works)]
+    seeds = [step_seeds(w.seed, w.local_steps, cfg.perturbations) for w in works]
+    steps, q = seeds[0].shape
+
+    def direction(j: int, seed: int, alpha: float) -> None:
+        gen = torch.Generator().manual_seed(int(seed))
+        for name in names:
+            p = stacked[name][j]
+            p.add_(noise(p.shape, gen).to(p.dtype), alpha=alpha)
+
+    def losses_at(t: int) -> list[float]:
+        x = torch.cat([d.train_inputs[b[t]] for d, b in zip(data, batches)])
+        y = torch.cat([d.train_labels[b[t]] for d, b in zip(data, batches)])
+        logits = holder.model(input_ids=x, use_cache=False).logits[:, :-1].float()
+        target = y[:, 1:]
+        rows = len(x) // k
+        out = []
+        for j in range(k):  # each device's summed loss exactly as zeroqat.batch_loss sums it
+            lj, tj = logits[j * rows:(j + 1) * rows], target[j * rows:(j + 1) * rows]
+            total = nn.functional.cross_entropy(lj.reshape(-1, lj.size(-1)), tj.reshape(-1), ignore_index=-100,
+                                                reduction="sum")
+            out.append(total.item() / max(int((tj != -100).sum().item()), 1))
+        return out
+
+    grads = np.zeros((k, steps, q), dtype=np.float32)
+    losses: list[list[float]] = [[] for _ in range(k)]
+    start = time.perf_counter()
+    with runtime.autocast():
+        for t in range(steps):
+            step_losses: list[list[float]] = [[] for _ in range(k)]
+            for i in range(q):
+                for j in range(k):
+                    direction(j, seeds[j][t, i], cfg.eps)
+                plus = losses_at(t)
+                for j in range(k):
+                    direction(j, seeds[j][t, i], -2 * cfg.eps)
+                minus = losses_at(t)
+                for j in range(k):
+                    direction(j, seeds[j][t, i], cfg.eps)
+                    g = (plus[j] - minus[j]) / (2 * cfg.eps)
+                    if cfg.grad_clip > 0:
+                        g = max(-cfg.grad_clip, min(cfg.grad_clip, g))
+                    grads[j, t, i] = g
+                    step_losses[j] += [plus[j], minus[j]]
+            lr_t = lr_at(t, steps, cfg.lr, cfg.lr_schedule)
+            for j in range(k):
+                for i in range(q):
+                    direction(j, seeds[j][t, i], step_coefficient(grads[j, t, i], lr_t, q))
+                losses[j].append(sum(step_losses[j]) / len(step_losses[j]))
+    compute_s = time.perf_counter() - start
+    results = []
+    for j, work in enumerate(works):
+        adapter = {name: stacked[name][j].numpy().copy() for name in names}
+        seed_upload = upload.encode(seeds[j], grads[j])
+        if cfg.seed_upload:
+            adapter = upload.replay_adapter(received[j], seed_upload, cfg.lr, cfg.lr_schedule)
+        metrics = {"train_loss": float(np.mean(losses[j])), "compute_s": compute_s / k,
+                   "zo_grad_abs_mean": float(np.abs(grads[j]).mean()),
+                   "adapter_bytes": float(sum(v.nbytes for v in adapter.values())),
+                   "seed_bytes": float(sum(v.nbytes for v in seed_upload.values())), "batched_devices": float(k)}
+        results.append(TrainResult(adapter=adapter, num_examples=len(data[j].train_inputs), metrics=metrics,
+                                   upload=seed_upload if cfg.seed_upload else None))
+    for layer in holder.layers.values():
+        layer.lora_A = layer.lora_B = None
+    return results
+
+
+def train_cohort(runtime, works: list[Work], received: list[dict[str, np.ndarray]]) -> list[TrainResult]:
+    """Backprop LoRA for K devices at once (same rank, steps, batch size and lr); one TrainResult each."""
+    k = len(works)
+    w0 = works[0]
+    holder = multi_lora_model(runtime, w0.rank)
+    model = holder.model
+    params = holder.load(received)
+    optimizer = torch.optim.AdamW(params, lr=w0.lr, weight_decay=0.0)
+    data = [runtime.device_data(w.device_index) for w in works]
+    batches = [batch_indices(len(d.train_inputs), w.batch_size, w.local_steps, w.seed) for d, w in zip(data, works)]
+    device = runtime.device
+    model.train()
+    losses = []
+    start = time.perf_counter()
+    with runtime.autocast():
+        for step in range(w0.local_steps):
+            x = torch.cat([d.train_inputs[b[step]] for d, b in zip(data, batches)]).to(device)
+            y = torch.cat([d.train_labels[b[step]] for d, b in zip(data, batches)]).to(device)
+            logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+            target = y[:, 1:]
+            per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                    ignore_index=-100, reduction="none")
+            loss_sum = per_token.view(k, -1).sum(1)
+            tokens = (target != -100).view(k, -1).sum(1).clamp(min=1)
+            loss = loss_sum / tokens  # each device's mean next-token loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            optimizer.step()
+            losses.append(loss.detach())
+    compute_s = time.perf_counter() - start
+    model.eval()
+    per_device = torch.stack(losses).mean(0).tolist()
+    adapters = holder.adapters(k)
+    for layer in holder.layers.values():  # release the round's tensors
+        layer.lora_A = layer.lora_B = None
+    return [
+        TrainResult(adapter=adapters[i], num_examples=len(data[i].train_inputs),
+                    # compute_s: the device's share of the batched step (cost.clock=analytic does not read it)
+                    metrics={"train_loss": per_device[i], "compute_s": compute_s / k, "batched_devices": float(k)})
+        for i in range(k)
+    ]
+
+
+# ------------------------------------------------------------------ the ClientApp side (in-process engine)
+def train_replies(plain_settings: dict, messages: list, contexts: list) -> dict[int, object]:
+    """Replies (by position in ``messages``) for the train messages that can be batched; the rest are left
+    to the ordinary handler. Groups of one device are left to it as well."""
+    from client.app import reply_for
+    from client.device_detect import trainer_of
+    from client.faults import injected_kind
+    from client.runtime import get_runtime
+    from protocol.messages import ARRAYS, CONFIG, STRUCTURE, from_array_record
+
+    runtime = get_runtime(plain_settings)
+    s = runtime.settings
+    groups: dict[tuple, list[int]] = {}
+    chunk_trainer: dict[int, str] = {}
+    for i, (msg, context) in enumerate(zip(messages, contexts)):
+        work = Work.from_config(msg.content[CONFIG])
+        if injected_kind(plain_settings, work.device_index) or STRUCTURE in msg.content:
+            continue
+        trainer = trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
+                             runtime.devices[work.device_index].class_name, work.trainer)
+        key = batch_key(work, trainer, s)
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+            chunk_trainer[i] = trainer
+    replies: dict[int, object] = {}
+    cap = max(1, s.simulation.max_batched_devices)
+    for members in groups.values():
+        for lo in range(0, len(members), cap):
+            chunk = members[lo:lo + cap]
+            if len(chunk) < 2:
+                continue
+            started = time.perf_counter()
+            works = [Work.from_config(messages[i].content[CONFIG]) for i in chunk]
+            received = [from_array_record(messages[i].content[ARRAYS]) for i in chunk]
+            decode_s = (time.perf_counter() - started) / len(chunk)
+            batched = train_cohort_zeroqat if chunk_trainer[chunk[0]] == "zeroqat" else train_cohort
+            results = batched(runtime, works, received)
+            timing = {"handler_s": (time.perf_counter() - started) / len(chunk), "decode_s": decode_s}
+            for i, work, got, result in zip(chunk, works, received, results):
+                replies[i] = reply_for(messages[i], work, got, result, None, timing)
+    return replies
+
+
+@torch.no_grad()
+def evaluate_replies(plain_settings: dict, messages: list) -> dict[int, object]:
+    """Federated evaluation of devices that evaluate the same global adapter at the same rank: one adapter load
+    and larger forward batches over all their test windows; each device's own loss, accuracy and tokens."""
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    from client.runtime import get_runtime
+    from models.lora import load_adapter_arrays
+    from protocol.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, from_array_record
+
+    runtime = get_runtime(plain_settings)
+    groups: dict[tuple, list[int]] = {}
+    for i, msg in enumerate(messages):
+        work = Work.from_config(msg.content[CONFIG])
+        groups.setdefault((id(msg.content[ARRAYS]), work.rank, work.batch_size), []).append(i)
+    replies: dict[int, object] = {}
+    for (_, rank, batch_size), members in groups.items():
+        if len(members) < 2:
+            continue
+        start = time.perf_counter()
+        model = runtime.adapter_model(rank)
+        load_adapter_arrays(model, from_array_record(messages[members[0]].content[ARRAYS]))
+        n = runtime.settings.client.eval_batches * batch_size
+        works = [Work.from_config(messages[i].content[CONFIG]) for i in members]
+        parts = [runtime.device_data(w.device_index) for w in works]
+        inputs = torch.cat([d.test_inputs[:n] for d in parts]).to(runtime.device)
+        labels = torch.cat([d.test_labels[:n] for d in parts]).to(runtime.device)
+        owner = torch.cat([torch.full((len(d.test_inputs[:n]),), j) for j, d in enumerate(parts)])
+        loss_w, correct_w, tokens_w = [], [], []
+        model.eval()
+        chunk = max(batch_size, runtime.settings.simulation.max_batched_devices * batch_size)
+        with runtime.autocast():
+            for lo in range(0, len(inputs), chunk):
+                x, y = inputs[lo:lo + chunk], labels[lo:lo + chunk]
+                logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+                target = y[:, 1:]
+                mask = target != -100
+                per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                        ignore_index=-100, reduction="none").view(target.shape)
+                loss_w.append(per_token.sum(1))
+                correct_w.append(((logits.argmax(-1) == target) & mask).sum(1))
+                tokens_w.append(mask.sum(1))
+        loss_w, correct_w, tokens_w = torch.cat(loss_w), torch.cat(correct_w), torch.cat(tokens_w)
+        elapsed = (time.perf_counter() - start) / len(members)
+        for j, (i, work) in enumerate(zip(members, works)):
+            mine = owner == j
+            tokens = int(tokens_w[mine].sum())
+            denom = max(tokens, 1)
+            metrics = {
+                NUM_EXAMPLES: tokens,
+                "device-index": work.device_index,
+                "eval_loss": float(loss_w[mine].sum()) / denom,
+                "eval_accuracy": int(correct_w[mine].sum()) / denom,
+                "compute_s": elapsed,
+            }
+            replies[i] = Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=messages[i])
+    return replies
