@@ -25,7 +25,7 @@ d head dim, causal attention averages (s+1)/2 keys per query):
   see the constants below): two RMSNorms 14h, rotary 10(q+g)d, residual adds 6h, SwiGLU 5c, each LoRA output's
   scale-and-add 5*out; the final norm, the embedding gather and the loss (6V fp32 values).
 
-Not counted: kernel-launch and framework overheads, the embedding gather, rebuilding a pruned model between
+Not counted: kernel-launch and framework overheads, rebuilding a pruned model between
 pruning steps; the calibration benchmark (``python -m benchmarks.cost_model``) measures what that leaves out.
 """
 
