@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from client.device_detect import autocast_dtype
 from client.trainers.base import TrainResult, batch_indices
 from models.base_checkpoint import base_dir, load_base_model
 from models.lora import peft_config
@@ -37,6 +38,7 @@ from protocol.messages import Work
 
 BATCHABLE_TRAINERS = ("lora_backprop",)
 PEFT_PREFIX = "base_model.model."
+EVAL_CHUNK_BATCHES = 8  # federated evaluation's forward batch, in client batches
 
 
 class MultiLoraLinear(nn.Module):
@@ -50,11 +52,16 @@ class MultiLoraLinear(nn.Module):
         self.lora_B: torch.Tensor | None = None  # [K, out, r]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.base, nn.Linear) and torch.is_autocast_enabled(x.device.type):
+            # autocast would cast x for the base matmul and again for the adapter's: cast it once
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         out = self.base(x)
         k = self.lora_A.shape[0]
         xk = x.reshape(k, -1, x.shape[-1])  # rows of device k are contiguous
-        lora = torch.bmm(torch.bmm(xk, self.lora_A.transpose(1, 2)), self.lora_B.transpose(1, 2))
-        return out + lora.reshape(out.shape) * self.scaling
+        down = torch.bmm(xk, self.lora_A.transpose(1, 2))
+        # out + s * B_k(A_k x) in one pass over the output (no separate scale and add passes)
+        return torch.baddbmm(out.reshape(k, -1, out.shape[-1]), down, self.lora_B.transpose(1, 2),
+                             alpha=self.scaling).reshape(out.shape)
 
 
 class MultiLoraModel:
@@ -73,6 +80,11 @@ class MultiLoraModel:
 
     def load(self, adapters: list[dict[str, np.ndarray]]) -> list[torch.Tensor]:
         """Stack the devices' adapters (PEFT key names) into trainable [K, ...] tensors; returns them."""
+        expected = {f"{PEFT_PREFIX}{path}.lora_{ab}.weight" for path in self.layers for ab in "AB"}
+        for adapter in adapters:
+            if set(adapter) != expected:
+                raise ValueError(f"adapter keys do not match the model: missing {sorted(expected - set(adapter))[:3]}"
+                                 f", unexpected {sorted(set(adapter) - expected)[:3]}")
         params = []
         for path, layer in self.layers.items():
             a = np.stack([np.asarray(ad[f"{PEFT_PREFIX}{path}.lora_A.weight"], dtype=np.float32) for ad in adapters])
@@ -81,6 +93,11 @@ class MultiLoraModel:
             layer.lora_B = torch.from_numpy(b).requires_grad_(True)
             params += [layer.lora_A, layer.lora_B]
         return params
+
+    def release(self) -> None:
+        """Drop the loaded adapters (the next load brings its own)."""
+        for layer in self.layers.values():
+            layer.lora_A = layer.lora_B = None
 
     def adapters(self, count: int) -> list[dict[str, np.ndarray]]:
         out: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
@@ -110,8 +127,30 @@ def multi_lora_model(runtime, rank: int) -> MultiLoraModel:
     if key not in _MODELS:
         _MODELS.clear()
         base = _dense_base(str(base_dir(s))).to(runtime.device)
-        _MODELS[key] = MultiLoraModel(base, tuple(s.method.lora.target_modules), scaling)
+        holder = MultiLoraModel(base, tuple(s.method.lora.target_modules), scaling)
+        dtype = autocast_dtype(runtime.device, s.client.precision)
+        if dtype is not None:
+            frozen = [layer.base for layer in holder.layers.values()] + [holder.model.get_output_embeddings()]
+            cast_for_autocast(holder.model, frozen, dtype, runtime.device)
+        _MODELS[key] = holder
     return _MODELS[key]
+
+
+def cast_for_autocast(model: nn.Module, linears: list[nn.Linear], dtype: torch.dtype, device: torch.device) -> None:
+    """Store frozen linear weights in the autocast dtype once, instead of autocast casting them on every call.
+
+    Autocast casts an fp32 weight to ``dtype`` before each matmul (it caches casts only of weights that require
+    grad), so the stored cast gives the same matmul inputs; embeddings and norms keep their fp32 weights. A
+    weight shared with the input embedding (tied) is given its own copy. On CPUs in bf16, attention runs
+    transformers' eager (matmul) implementation: torch 2.13's SDPA flash kernel for CPU is ~3.5x slower
+    forward+backward in bf16 at these shapes (docs/benchmarks/throughput.md).
+    """
+    for linear in linears:
+        linear.weight = nn.Parameter(linear.weight.detach().to(dtype).clone(), requires_grad=False)
+        if linear.bias is not None:
+            linear.bias = nn.Parameter(linear.bias.detach().to(dtype).clone(), requires_grad=False)
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        model.set_attn_implementation("eager")
 
 
 def batch_key(work: Work, trainer: str, settings=None) -> tuple | None:
@@ -129,8 +168,10 @@ class _ZoMultiLora:
     :class:`MultiLoraLinear` over the same (packed, quantized) base layer. Activations are quantized per token,
     so a device's rows see exactly what they would see alone."""
 
-    def __init__(self, peft_quantized: nn.Module) -> None:
+    def __init__(self, peft_quantized: nn.Module, dtype: torch.dtype | None, device: torch.device) -> None:
         from peft.tuners.lora import LoraLayer
+
+        from quantization.layers import PackedLinear
 
         self.model = copy.deepcopy(peft_quantized)
         self.layers: dict[str, MultiLoraLinear] = {}
@@ -140,6 +181,10 @@ class _ZoMultiLora:
                     wrapped = MultiLoraLinear(child.base_layer, float(child.scaling["default"]))
                     setattr(module, child_name, wrapped)
                     self.layers[f"{name}.{child_name}"] = wrapped
+                    if isinstance(child.base_layer, PackedLinear):
+                        child.base_layer.hold_dequantized(dtype)
+        if dtype is not None:
+            cast_for_autocast(self.model, [self.model.get_output_embeddings()], dtype, device)
 
     def load(self, adapters: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
         """Stacked [K, ...] tensors by adapter key (PEFT's names)."""
@@ -162,7 +207,8 @@ def zo_multi_lora(runtime, rank: int) -> _ZoMultiLora:
     key = (id(runtime), rank)
     if key not in _ZO_MODELS:
         _ZO_MODELS.clear()
-        _ZO_MODELS[key] = _ZoMultiLora(_quantized_model(runtime, rank))
+        dtype = autocast_dtype(runtime.device, runtime.settings.client.precision)
+        _ZO_MODELS[key] = _ZoMultiLora(_quantized_model(runtime, rank), dtype, runtime.device)
     return _ZO_MODELS[key]
 
 
@@ -248,6 +294,11 @@ def train_cohort_zeroqat(runtime, works: list[Work], received: list[dict[str, np
     return results
 
 
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Next-token targets aligned with every position: ``labels[:, 1:]``, then -100 (ignored) at the end."""
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
+
+
 def train_cohort(runtime, works: list[Work], received: list[dict[str, np.ndarray]]) -> list[TrainResult]:
     """Backprop LoRA for K devices at once (same rank, steps, batch size and lr); one TrainResult each."""
     k = len(works)
@@ -266,9 +317,9 @@ def train_cohort(runtime, works: list[Work], received: list[dict[str, np.ndarray
         for step in range(w0.local_steps):
             x = torch.cat([d.train_inputs[b[step]] for d, b in zip(data, batches)]).to(device)
             y = torch.cat([d.train_labels[b[step]] for d, b in zip(data, batches)]).to(device)
-            logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
-            target = y[:, 1:]
-            per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+            logits = model(input_ids=x, use_cache=False).logits
+            target = shifted_targets(y)  # no copy of the logits without their last position
+            per_token = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), target.view(-1),
                                                     ignore_index=-100, reduction="none")
             loss_sum = per_token.view(k, -1).sum(1)
             tokens = (target != -100).view(k, -1).sum(1).clamp(min=1)
@@ -281,8 +332,7 @@ def train_cohort(runtime, works: list[Work], received: list[dict[str, np.ndarray
     model.eval()
     per_device = torch.stack(losses).mean(0).tolist()
     adapters = holder.adapters(k)
-    for layer in holder.layers.values():  # release the round's tensors
-        layer.lora_A = layer.lora_B = None
+    holder.release()
     return [
         TrainResult(adapter=adapters[i], num_examples=len(data[i].train_inputs),
                     # compute_s: the device's share of the batched step (cost.clock=analytic does not read it)
@@ -341,7 +391,6 @@ def evaluate_replies(plain_settings: dict, messages: list) -> dict[int, object]:
     from flwr.app import Message, MetricRecord, RecordDict
 
     from client.runtime import get_runtime
-    from models.lora import load_adapter_arrays
     from protocol.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, from_array_record
 
     runtime = get_runtime(plain_settings)
@@ -354,8 +403,9 @@ def evaluate_replies(plain_settings: dict, messages: list) -> dict[int, object]:
         if len(members) < 2:
             continue
         start = time.perf_counter()
-        model = runtime.adapter_model(rank)
-        load_adapter_arrays(model, from_array_record(messages[members[0]].content[ARRAYS]))
+        holder = multi_lora_model(runtime, rank)  # the global adapter as a cohort of one, over every row
+        holder.load([from_array_record(messages[members[0]].content[ARRAYS])])
+        model = holder.model
         n = runtime.settings.client.eval_batches * batch_size
         works = [Work.from_config(messages[i].content[CONFIG]) for i in members]
         parts = [runtime.device_data(w.device_index) for w in works]
@@ -364,18 +414,19 @@ def evaluate_replies(plain_settings: dict, messages: list) -> dict[int, object]:
         owner = torch.cat([torch.full((len(d.test_inputs[:n]),), j) for j, d in enumerate(parts)])
         loss_w, correct_w, tokens_w = [], [], []
         model.eval()
-        chunk = max(batch_size, runtime.settings.simulation.max_batched_devices * batch_size)
+        chunk = EVAL_CHUNK_BATCHES * batch_size  # logits of a chunk stay small (memory traffic, not FLOPs)
         with runtime.autocast():
             for lo in range(0, len(inputs), chunk):
                 x, y = inputs[lo:lo + chunk], labels[lo:lo + chunk]
-                logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
-                target = y[:, 1:]
+                logits = model(input_ids=x, use_cache=False).logits.float()
+                target = shifted_targets(y)
                 mask = target != -100
-                per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                per_token = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), target.view(-1),
                                                         ignore_index=-100, reduction="none").view(target.shape)
                 loss_w.append(per_token.sum(1))
                 correct_w.append(((logits.argmax(-1) == target) & mask).sum(1))
                 tokens_w.append(mask.sum(1))
+        holder.release()
         loss_w, correct_w, tokens_w = torch.cat(loss_w), torch.cat(correct_w), torch.cat(tokens_w)
         elapsed = (time.perf_counter() - start) / len(members)
         for j, (i, work) in enumerate(zip(members, works)):

@@ -57,7 +57,21 @@ class PackedLinear(nn.Module):
         self.scale_gain = nn.Parameter(torch.zeros(scale.shape)) if trainable_qparams else None
         self.zero_shift = nn.Parameter(torch.zeros(zero.shape)) if trainable_qparams else None
 
+    def hold_dequantized(self, dtype: torch.dtype | None = None) -> None:
+        """Keep the dequantized weight (in ``dtype``: the matmul's autocast dtype, or fp32) for every later forward.
+
+        A simulation host's speed-up, for frozen quantization parameters (ZeroQAT training LoRA): each forward
+        would unpack the same weight again. The forward's result is unchanged (autocast casts the dequantized
+        weight to the same dtype); a device keeps only the packed form, and the cost model prices that.
+        """
+        if self.scale_gain is not None:
+            raise ValueError("hold_dequantized needs frozen quantization parameters (trainable_qparams=False)")
+        with torch.no_grad():
+            self._held = self.dequantized().to(dtype or torch.float32)
+
     def dequantized(self) -> torch.Tensor:
+        if getattr(self, "_held", None) is not None:
+            return self._held
         groups = self.scale.shape[1]
         padded_in = self.in_features + (-self.in_features) % (self.in_features if not self.group_size else self.group_size)
         codes = packing.unpack(self.packed, self.bits, self.out_features * padded_in)

@@ -129,6 +129,10 @@ def _validate_simulation(s: Settings) -> None:
              "ray (Flower's simulation engine) or inprocess (the ClientApp handlers in the server's process)")
     _require(sim.backend == "ray" or not sim.ray_address, "simulation.ray_address",
              "is set, but simulation.backend=inprocess starts no Ray", "simulation.backend=ray, or drop ray_address")
+    _require(sim.workers >= 1, "simulation.workers", f"must be >= 1 (got {sim.workers})", "e.g. 2 on a 2-core host")
+    _require(sim.workers == 1 or sim.backend == "inprocess", "simulation.workers",
+             "sets the in-process engine's worker processes (Ray sizes its own pool by num_cpus_per_client)",
+             "simulation.backend=inprocess, or simulation.workers=1")
     if sim.cohort_batching:
         _require(sim.backend == "inprocess", "simulation.cohort_batching",
                  "needs simulation.backend=inprocess (Ray runs each device in its own call)",

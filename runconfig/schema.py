@@ -190,6 +190,7 @@ class SimulationConfig:
     # adapters; client/cohort.py), and devices evaluating the same adapter share forward passes
     cohort_batching: bool = False
     max_batched_devices: int = 64  # devices per batched step (memory: ~ this x batch_size x seq_len x vocab)
+    workers: int = 1  # inprocess only: worker processes a round's messages are dealt out to (cores / workers threads each)
     num_cpus_per_client: float = 1.0
     num_gpus_per_client: float = 0.0
     ray_address: Optional[str] = None

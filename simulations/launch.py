@@ -66,7 +66,8 @@ def launch_simulation(settings: Settings, show_progress: bool = True) -> None:
         from server.federation import run_server
         from simulations.inprocess import InProcessGrid
 
-        run_server(InProcessGrid(plain, settings.fleet.size), settings, show_progress=show_progress)
+        with InProcessGrid(plain, settings.fleet.size) as grid:
+            run_server(grid, settings, show_progress=show_progress)
         return
     run_simulation(
         server_app=build_server_app(plain, show_progress=show_progress),

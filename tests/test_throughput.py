@@ -85,3 +85,69 @@ def test_cohort_batching_gives_the_plain_paths_adapters(fast_overrides, tmp_path
 def test_fast_path_config_is_validated(extra, message):
     with pytest.raises(ConfigError, match=message):
         compose(["+fleet=8dev_test", "tracking.uri=sqlite:///x.db", *extra])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["simulation.workers=2"], "simulation.workers"),
+    (["simulation.backend=inprocess", "simulation.workers=0"], "must be >= 1"),
+])
+def test_worker_count_is_validated(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        compose(["+fleet=8dev_test", "tracking.uri=sqlite:///x.db", *extra])
+
+
+def test_fast_preset_workers_and_bf16(fast_overrides, tmp_path):
+    """``simulation=fast``: the batched cohorts dealt out to 2 worker processes give the one-process adapters
+    (fp32, same tolerance); in bf16 (the preset as shipped) the global perplexity stays within 1%."""
+    import os
+
+    from protocol.messages import from_array_record
+    from server.federation import run_server
+    from simulations.inprocess import InProcessGrid
+
+    one, _ = _final_adapter(_overrides(fast_overrides, tmp_path, "one", [
+        "simulation.backend=inprocess", "simulation.cohort_batching=true"]))
+    results = {}
+    for name, extra in (("two", ["client.precision=fp32"]), ("bf16", [])):
+        settings = compose(_overrides(fast_overrides, tmp_path, name, ["simulation=fast", *extra]))
+        assert settings.simulation.workers == 2
+        with InProcessGrid(to_plain(settings), settings.fleet.size) as grid:
+            results[name] = run_server(grid, settings, show_progress=False)
+            workers = {p.pid for p in grid._pool._processes.values()}  # the work ran in worker processes
+        assert len(workers) == 2 and os.getpid() not in workers
+    two = from_array_record(results["two"].arrays)
+    assert max(float(np.abs(two[k] - one[k]).max()) for k in one) < ABS_TOL
+    ppl = {n: r.evaluate_metrics_serverapp[2]["eval/global_ppl"] for n, r in results.items()}
+    assert ppl["bf16"] == pytest.approx(ppl["two"], rel=0.01)
+
+
+def test_forward_only_fake_quantization_matches_the_autograd_path():
+    """The in-place activation fake-quantization (no gradient) gives exactly the out-of-place values."""
+    import torch
+
+    from quantization.quantizers import fake_quant_activation
+
+    x = torch.randn(6, 40, 96) * torch.linspace(0.1, 4, 96)
+    with torch.no_grad():
+        fast = fake_quant_activation(x, 8)
+    slow = fake_quant_activation(x.clone().requires_grad_(True), 8).detach()
+    assert torch.equal(fast, slow)
+    assert not torch.equal(fast, x)  # it did quantize
+
+
+def test_held_dequantized_weight_gives_the_same_forward():
+    import torch
+
+    from quantization.layers import PackedLinear
+
+    torch.manual_seed(0)
+    layer = PackedLinear(torch.nn.Linear(128, 64), bits=4, group_size=64, a_bits=8)
+    x = torch.randn(5, 128)
+    with torch.no_grad():
+        unpacked_each_call = layer(x)
+        layer.hold_dequantized()
+        held = layer(x)
+    assert torch.equal(held, unpacked_each_call)
+    trainable = PackedLinear(torch.nn.Linear(128, 64), bits=4, group_size=64, a_bits=8, trainable_qparams=True)
+    with pytest.raises(ValueError, match="frozen quantization parameters"):
+        trainable.hold_dequantized()
