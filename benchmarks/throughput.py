@@ -173,8 +173,10 @@ def run_child(name: str, overrides: list[str], work: Path, cache_dir: str, round
     full = [f"cache_dir={cache_dir}", f"tracking.uri=sqlite:///{work / name}.db", f"output_dir={work / name}",
             "checkpoint.enabled=false", "tracking.log_adapter=false", f"rounds={rounds}", *overrides]
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(full[5:])}", flush=True)
+    if code != REPO:  # this harness runs on the other code's modules
+        (code / "benchmarks" / "throughput.py").write_text(Path(__file__).read_text())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--child", str(out), "--", *full],
+    subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--child", str(out), "--", *full],
                    cwd=code, check=True, env=env)
     return json.loads(out.read_text())
 
