@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from client.device_detect import autocast_dtype
+from client.device_detect import attention_for, autocast_dtype
 from client.trainers.base import TrainResult, batch_indices
 from models.base_checkpoint import base_dir, load_base_model
 from models.lora import peft_config
@@ -141,16 +141,13 @@ def cast_for_autocast(model: nn.Module, linears: list[nn.Linear], dtype: torch.d
 
     Autocast casts an fp32 weight to ``dtype`` before each matmul (it caches casts only of weights that require
     grad), so the stored cast gives the same matmul inputs; embeddings and norms keep their fp32 weights. A
-    weight shared with the input embedding (tied) is given its own copy. On CPUs in bf16, attention runs
-    transformers' eager (matmul) implementation: torch 2.13's SDPA flash kernel for CPU is ~3.5x slower
-    forward+backward in bf16 at these shapes (docs/benchmarks/throughput.md).
+    weight shared with the input embedding (tied) is given its own copy. Attention: :func:`attention_for`.
     """
     for linear in linears:
         linear.weight = nn.Parameter(linear.weight.detach().to(dtype).clone(), requires_grad=False)
         if linear.bias is not None:
             linear.bias = nn.Parameter(linear.bias.detach().to(dtype).clone(), requires_grad=False)
-    if device.type == "cpu" and dtype == torch.bfloat16:
-        model.set_attn_implementation("eager")
+    attention_for(model, device, dtype)
 
 
 def batch_key(work: Work, trainer: str, settings=None) -> tuple | None:

@@ -156,3 +156,10 @@ def autocast(device: torch.device, precision: str = "auto"):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def attention_for(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+    """On CPUs in bf16, attention runs transformers' eager (matmul) implementation: torch 2.13's SDPA flash kernel
+    for CPU is ~3.5x slower forward+backward in bf16 at the simulation's shapes (docs/benchmarks/throughput.md)."""
+    if device.type == "cpu" and dtype == torch.bfloat16 and model.config._attn_implementation != "eager":
+        model.set_attn_implementation("eager")

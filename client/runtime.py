@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import torch
 
-from client.device_detect import autocast, select_device
+from client.device_detect import attention_for, autocast, autocast_dtype, select_device
 from fleet.devices import Device, build_fleet
 from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
 from models.lora import attach_lora
@@ -79,6 +79,8 @@ def _runtime(settings_json: str) -> ClientRuntime:
     folder = ensure_base_checkpoint(settings, corpus, show_progress=False)
     devices = build_fleet(settings.fleet, settings.seed)
     device = select_device(settings.client.device)
+    base_model = load_base_model(folder).to(device)
+    attention_for(base_model, device, autocast_dtype(device, settings.client.precision))
     return ClientRuntime(
         settings=settings,
         corpus=corpus,
@@ -86,7 +88,7 @@ def _runtime(settings_json: str) -> ClientRuntime:
         clients_of_device=assign_clients(
             len(devices), corpus.num_clients, settings.seed, settings.data.roles_per_device
         ),
-        base_model=load_base_model(folder).to(device),
+        base_model=base_model,
         device=device,
     )
 

@@ -20,6 +20,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from client.device_detect import attention_for, autocast_dtype
 from client.trainers.base import TrainResult, batch_indices
 from models.base_checkpoint import base_dir, load_base_model
 from models.evaluation import next_token_stats
@@ -80,6 +81,7 @@ class FedSpinePruneTrainer:
         settings = runtime.settings
         x = work.extra
         base = _dense_base(str(base_dir(settings)))
+        attention_for(base, runtime.device, autocast_dtype(runtime.device, settings.client.precision))
         dims = Dims.of(base.config)
         structure = Structure.from_arrays(structure_arrays, dims)
         max_rank, rank = int(x["max_rank"]), int(work.rank)
