@@ -155,7 +155,10 @@ def autocast(device: torch.device, precision: str = "auto"):
     dtype = autocast_dtype(device, precision)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    # cache_enabled=False: autocast otherwise casts each fp32 leaf that requires grad (the adapter) once per
+    # region and reuses that cast, so a whole local round inside one region trains on its first step's adapter
+    # (and forward-only SPSA never sees its perturbations)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
 def attention_for(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:

@@ -151,3 +151,22 @@ def test_held_dequantized_weight_gives_the_same_forward():
     trainable = PackedLinear(torch.nn.Linear(128, 64), bits=4, group_size=64, a_bits=8, trainable_qparams=True)
     with pytest.raises(ValueError, match="frozen quantization parameters"):
         trainable.hold_dequantized()
+
+
+def test_autocast_sees_every_update_of_the_adapter():
+    """client.precision=bf16/fp16: a whole local round runs in one autocast region; the adapter's weights change
+    every step, so the forward must use the current ones (torch's default autocast would reuse its first cast
+    of a trainable leaf for the whole region, and SPSA perturbations would be invisible)."""
+    import torch
+
+    from client.device_detect import autocast
+
+    layer = torch.nn.Linear(8, 8)
+    x = torch.randn(2, 8)
+    with autocast(torch.device("cpu"), "bf16"):
+        first = layer(x)
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        second = layer(x)
+    assert first.dtype == torch.bfloat16
+    assert not torch.equal(first, second)
