@@ -139,8 +139,8 @@ def multi_lora_model(runtime, rank: int) -> MultiLoraModel:
 def cast_for_autocast(model: nn.Module, linears: list[nn.Linear], dtype: torch.dtype, device: torch.device) -> None:
     """Store frozen linear weights in the autocast dtype once, instead of autocast casting them on every call.
 
-    Autocast casts an fp32 weight to ``dtype`` before each matmul (it caches casts only of weights that require
-    grad), so the stored cast gives the same matmul inputs; embeddings and norms keep their fp32 weights. A
+    Autocast casts an fp32 weight to ``dtype`` before each matmul (``client.device_detect.autocast`` runs it
+    without its cast cache), so the stored cast gives the same matmul inputs; embeddings and norms keep their fp32 weights. A
     weight shared with the input embedding (tied) is given its own copy. Attention: :func:`attention_for`.
     """
     for linear in linears:

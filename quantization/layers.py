@@ -56,6 +56,7 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.scale_gain = nn.Parameter(torch.zeros(scale.shape)) if trainable_qparams else None
         self.zero_shift = nn.Parameter(torch.zeros(zero.shape)) if trainable_qparams else None
+        self._held: torch.Tensor | None = None  # hold_dequantized()
 
     def hold_dequantized(self, dtype: torch.dtype | None = None) -> None:
         """Keep the dequantized weight (in ``dtype``: the matmul's autocast dtype, or fp32) for every later forward.
@@ -70,7 +71,7 @@ class PackedLinear(nn.Module):
             self._held = self.dequantized().to(dtype or torch.float32)
 
     def dequantized(self) -> torch.Tensor:
-        if getattr(self, "_held", None) is not None:
+        if self._held is not None:
             return self._held
         groups = self.scale.shape[1]
         padded_in = self.in_features + (-self.in_features) % (self.in_features if not self.group_size else self.group_size)
