@@ -140,8 +140,8 @@ def cast_for_autocast(model: nn.Module, linears: list[nn.Linear], dtype: torch.d
     """Store frozen linear weights in the autocast dtype once, instead of autocast casting them on every call.
 
     Autocast casts an fp32 weight to ``dtype`` before each matmul (``client.device_detect.autocast`` runs it
-    without its cast cache), so the stored cast gives the same matmul inputs; embeddings and norms keep their fp32 weights. A
-    weight shared with the input embedding (tied) is given its own copy. Attention: :func:`attention_for`.
+    without its cast cache), so the stored cast gives the same matmul inputs; embeddings and norms keep their
+    fp32 weights. A weight shared with the input embedding (tied) is given its own copy. Attention: :func:`attention_for`.
     """
     for linear in linears:
         linear.weight = nn.Parameter(linear.weight.detach().to(dtype).clone(), requires_grad=False)
