@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from client.device_detect import attention_for, autocast_dtype
+from client.fused_ops import SharedCast, multi_lora_linear, token_cross_entropy, use_frozen_rms_norms
 from client.trainers.base import TrainResult, batch_indices
 from models.base_checkpoint import base_dir, load_base_model
 from models.lora import peft_config
@@ -44,17 +45,21 @@ EVAL_CHUNK_BATCHES = 8  # federated evaluation's forward batch, in client batche
 class MultiLoraLinear(nn.Module):
     """A frozen linear layer with one LoRA adapter per group of rows (K groups of equal size)."""
 
-    def __init__(self, base: nn.Linear, scaling: float) -> None:
+    def __init__(self, base: nn.Linear, scaling: float, cast: SharedCast | None = None) -> None:
         super().__init__()
         self.base = base
         self.scaling = scaling
+        self.cast = cast or SharedCast()  # shared by the model's layers: layers reading one input cast it once
         self.lora_A: torch.Tensor | None = None  # [K, r, in]
         self.lora_B: torch.Tensor | None = None  # [K, out, r]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.base, nn.Linear) and torch.is_autocast_enabled(x.device.type):
-            # autocast would cast x for the base matmul and again for the adapter's: cast it once
-            x = x.to(torch.get_autocast_dtype(x.device.type))
+        dense = isinstance(self.base, nn.Linear)
+        if dense and torch.is_autocast_enabled(x.device.type):
+            # autocast would cast x for the base matmul and again for the adapter's (and q, k, v each): once
+            x = self.cast(x, torch.get_autocast_dtype(x.device.type))
+        if dense and torch.is_grad_enabled() and self.lora_A.requires_grad:
+            return multi_lora_linear(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling)
         out = self.base(x)
         k = self.lora_A.shape[0]
         xk = x.reshape(k, -1, x.shape[-1])  # rows of device k are contiguous
@@ -71,10 +76,11 @@ class MultiLoraModel:
         self.model = copy.deepcopy(base)
         self.model.requires_grad_(False)
         self.layers: dict[str, MultiLoraLinear] = {}
+        self.cast = SharedCast()
         for name, module in list(self.model.named_modules()):
             for child_name, child in list(module.named_children()):
                 if child_name in targets and isinstance(child, nn.Linear):
-                    wrapped = MultiLoraLinear(child, scaling)
+                    wrapped = MultiLoraLinear(child, scaling, self.cast)
                     setattr(module, child_name, wrapped)
                     self.layers[f"{name}.{child_name}" if name else child_name] = wrapped
 
@@ -98,6 +104,7 @@ class MultiLoraModel:
         """Drop the loaded adapters (the next load brings its own)."""
         for layer in self.layers.values():
             layer.lora_A = layer.lora_B = None
+        self.cast.clear()
 
     def adapters(self, count: int) -> list[dict[str, np.ndarray]]:
         out: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
@@ -128,6 +135,7 @@ def multi_lora_model(runtime, rank: int) -> MultiLoraModel:
         _MODELS.clear()
         base = _dense_base(str(base_dir(s))).to(runtime.device)
         holder = MultiLoraModel(base, tuple(s.method.lora.target_modules), scaling)
+        use_frozen_rms_norms(holder.model)  # same forward, a leaner backward (client/fused_ops.py)
         dtype = autocast_dtype(runtime.device, s.client.precision)
         if dtype is not None:
             frozen = [layer.base for layer in holder.layers.values()] + [holder.model.get_output_embeddings()]
@@ -228,20 +236,29 @@ def train_cohort_zeroqat(runtime, works: list[Work], received: list[dict[str, np
     seeds = [step_seeds(w.seed, w.local_steps, cfg.perturbations) for w in works]
     steps, q = seeds[0].shape
 
-    def direction(j: int, seed: int, alpha: float) -> None:
-        gen = torch.Generator().manual_seed(int(seed))
+    def directions(t: int, i: int) -> dict[str, torch.Tensor]:
+        """Every device's z for step t, query i, stacked like the adapters (drawn once, used four times)."""
+        out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        for j in range(k):
+            gen = torch.Generator().manual_seed(int(seeds[j][t, i]))
+            for name in names:
+                out[name].append(noise(stacked[name][j].shape, gen))
+        return {name: torch.stack(zs).to(stacked[name].dtype) for name, zs in out.items()}
+
+    def move(z: dict[str, torch.Tensor], alpha: float) -> None:  # every device's adapter += alpha * its own z
         for name in names:
-            p = stacked[name][j]
-            p.add_(noise(p.shape, gen).to(p.dtype), alpha=alpha)
+            stacked[name].add_(z[name], alpha=alpha)
 
     def losses_at(t: int) -> list[float]:
         x = torch.cat([d.train_inputs[b[t]] for d, b in zip(data, batches)])
         y = torch.cat([d.train_labels[b[t]] for d, b in zip(data, batches)])
-        logits = holder.model(input_ids=x, use_cache=False).logits[:, :-1].float()
+        # cast, then drop the last position (a strided cast of a slice is ~5x slower); the summation order of
+        # zeroqat.batch_loss is kept: SPSA's (L+ - L-) / 2 eps resolves differences at the last float bit
+        logits = holder.model(input_ids=x, use_cache=False).logits.float()[:, :-1]
         target = y[:, 1:]
         rows = len(x) // k
         out = []
-        for j in range(k):  # each device's summed loss exactly as zeroqat.batch_loss sums it
+        for j in range(k):  # each device's summed loss over its own rows, as zeroqat.batch_loss sums it
             lj, tj = logits[j * rows:(j + 1) * rows], target[j * rows:(j + 1) * rows]
             total = nn.functional.cross_entropy(lj.reshape(-1, lj.size(-1)), tj.reshape(-1), ignore_index=-100,
                                                 reduction="sum")
@@ -254,15 +271,14 @@ def train_cohort_zeroqat(runtime, works: list[Work], received: list[dict[str, np
     with runtime.autocast():
         for t in range(steps):
             step_losses: list[list[float]] = [[] for _ in range(k)]
-            for i in range(q):
-                for j in range(k):
-                    direction(j, seeds[j][t, i], cfg.eps)
+            zs = [directions(t, i) for i in range(q)]
+            for i, z in enumerate(zs):
+                move(z, cfg.eps)
                 plus = losses_at(t)
-                for j in range(k):
-                    direction(j, seeds[j][t, i], -2 * cfg.eps)
+                move(z, -2 * cfg.eps)
                 minus = losses_at(t)
+                move(z, cfg.eps)
                 for j in range(k):
-                    direction(j, seeds[j][t, i], cfg.eps)
                     g = (plus[j] - minus[j]) / (2 * cfg.eps)
                     if cfg.grad_clip > 0:
                         g = max(-cfg.grad_clip, min(cfg.grad_clip, g))
@@ -270,8 +286,10 @@ def train_cohort_zeroqat(runtime, works: list[Work], received: list[dict[str, np
                     step_losses[j] += [plus[j], minus[j]]
             lr_t = lr_at(t, steps, cfg.lr, cfg.lr_schedule)
             for j in range(k):
-                for i in range(q):
-                    direction(j, seeds[j][t, i], step_coefficient(grads[j, t, i], lr_t, q))
+                for i, z in enumerate(zs):
+                    coefficient = step_coefficient(grads[j, t, i], lr_t, q)
+                    for name in names:
+                        stacked[name][j].add_(z[name][j], alpha=coefficient)
                 losses[j].append(sum(step_losses[j]) / len(step_losses[j]))
     compute_s = time.perf_counter() - start
     results = []
@@ -316,8 +334,7 @@ def train_cohort(runtime, works: list[Work], received: list[dict[str, np.ndarray
             y = torch.cat([d.train_labels[b[step]] for d, b in zip(data, batches)]).to(device)
             logits = model(input_ids=x, use_cache=False).logits
             target = shifted_targets(y)  # no copy of the logits without their last position
-            per_token = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), target.view(-1),
-                                                    ignore_index=-100, reduction="none")
+            per_token = token_cross_entropy(logits.view(-1, logits.size(-1)), target.view(-1))
             loss_sum = per_token.view(k, -1).sum(1)
             tokens = (target != -100).view(k, -1).sum(1).clamp(min=1)
             loss = loss_sum / tokens  # each device's mean next-token loss

@@ -75,6 +75,10 @@ class ClientRuntime:
 @lru_cache(maxsize=2)
 def _runtime(settings_json: str) -> ClientRuntime:
     settings = from_plain(json.loads(settings_json))
+    if settings.simulation.reuse_freed_memory:  # this client process (a Ray worker or an in-process worker)
+        from simulations.host_allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     corpus = load_corpus(settings)
     folder = ensure_base_checkpoint(settings, corpus, show_progress=False)
     devices = build_fleet(settings.fleet, settings.seed)

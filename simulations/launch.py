@@ -62,6 +62,10 @@ def launch_simulation(settings: Settings, show_progress: bool = True) -> None:
 
     plain = to_plain(settings)
     quiet_frameworks()  # importing flwr resets its logger
+    if settings.simulation.reuse_freed_memory:  # the server's process; client processes: client.runtime
+        from simulations.host_allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     if settings.simulation.backend == "inprocess":  # one process, no Ray: see simulations/inprocess.py
         from server.federation import run_server
         from simulations.inprocess import InProcessGrid

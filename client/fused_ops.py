@@ -1,0 +1,181 @@
+"""Memory-lean forward/backward pairs for the batched cohort step (client/cohort.py) on a CPU.
+
+A cohort step's time on a CPU is mostly element-wise passes over activations too large for the cache, not
+matmuls (docs/benchmarks/throughput.md). Autograd's generic backward of an RMSNorm or of a cross-entropy over
+fp32 logits makes several such passes and keeps extra copies; the hand-written backward passes here make fewer,
+with the same math (results differ only by floating-point reassociation; tests/test_throughput.py compares them
+with autograd's). Only the frozen-weight cases the cohort step needs are covered.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+CE_CHUNK_ROWS = 128  # rows of logits per pass: a [128, vocab] fp32 block stays in a core's L2 cache for small vocabularies
+IGNORE_INDEX = -100
+
+
+class _TokenCrossEntropy(torch.autograd.Function):
+    """Per-row next-token loss ``logsumexp(z) - z[target]`` in fp32 (0 where target is ``IGNORE_INDEX``),
+    row block by row block; the backward writes ``(softmax(z) - onehot) * grad`` in the logits' dtype."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        rows = logits.shape[0]
+        valid = target != IGNORE_INDEX
+        safe = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)
+        lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
+        picked = torch.empty(rows, dtype=torch.float32, device=logits.device)
+        for start in range(0, rows, CE_CHUNK_ROWS):
+            block = logits[start:start + CE_CHUNK_ROWS].float()
+            torch.logsumexp(block, dim=1, out=lse[start:start + CE_CHUNK_ROWS])
+            picked[start:start + CE_CHUNK_ROWS] = block.gather(1, safe[start:start + CE_CHUNK_ROWS]).squeeze(1)
+        ctx.save_for_backward(logits, safe, valid, lse)
+        return (lse - picked) * valid
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, safe, valid, lse = ctx.saved_tensors
+        scale = (grad.float() * valid).unsqueeze(1)
+        out = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], CE_CHUNK_ROWS):
+            end = start + CE_CHUNK_ROWS
+            probs = logits[start:end].float().sub_(lse[start:end].unsqueeze(1)).exp_()
+            probs.scatter_add_(1, safe[start:end], torch.full_like(safe[start:end], -1.0, dtype=probs.dtype))
+            out[start:end] = probs.mul_(scale[start:end])
+        return out, None
+
+
+def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="none")`` for [N, V] logits of any
+    float dtype, without an fp32 copy of all logits and with a fused backward."""
+    if logits.dim() != 2 or target.shape != logits.shape[:1]:
+        raise ValueError(f"expected [N, V] logits and [N] targets, got {tuple(logits.shape)} and {tuple(target.shape)}")
+    return _TokenCrossEntropy.apply(logits, target)
+
+
+class _FrozenRMSNorm(torch.autograd.Function):
+    """``weight * (x * rsqrt(mean(x^2) + eps))`` with a frozen weight: the input's gradient only, in one fused
+    expression ``rstd * (g*w - x_hat * mean(g*w * x_hat))``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.float()
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True).add_(eps))
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (xf * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        gw = (grad * weight).float()
+        x_hat = x.float() * rstd
+        dot = (gw * x_hat).mean(-1, keepdim=True)
+        return gw.sub_(x_hat.mul_(dot)).mul_(rstd).to(x.dtype), None, None
+
+
+class FrozenRMSNorm(nn.Module):
+    """Drop-in for the Llama-family RMSNorm (``weight * normalize(x.float()).to(x.dtype)``) whose weight is
+    frozen, with :class:`_FrozenRMSNorm`'s backward."""
+
+    def __init__(self, weight: nn.Parameter, eps: float) -> None:
+        super().__init__()
+        self.weight = weight
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.requires_grad:
+            raise RuntimeError("FrozenRMSNorm computes no weight gradient; its weight must be frozen")
+        return _FrozenRMSNorm.apply(x, self.weight, self.eps)
+
+
+def llama_rms_norm_classes() -> tuple[type, ...]:
+    """transformers' RMSNorm classes with exactly this forward (Llama, Mistral, Qwen2/3); Gemma's (1 + w) differs."""
+    import importlib
+
+    classes = []
+    for module, name in (("llama", "LlamaRMSNorm"), ("mistral", "MistralRMSNorm"), ("qwen2", "Qwen2RMSNorm"),
+                         ("qwen3", "Qwen3RMSNorm")):
+        try:
+            classes.append(getattr(importlib.import_module(f"transformers.models.{module}.modeling_{module}"), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(classes)
+
+
+def use_frozen_rms_norms(model: nn.Module) -> int:
+    """Replace the model's (frozen) Llama-family RMSNorms by :class:`FrozenRMSNorm`; returns how many."""
+    classes = llama_rms_norm_classes()
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) in classes and not child.weight.requires_grad:
+                setattr(module, name, FrozenRMSNorm(child.weight, float(child.variance_epsilon)))
+                swapped += 1
+    return swapped
+
+
+class _MultiLoraLinear(torch.autograd.Function):
+    """``W x + s * B_k (A_k x)`` for K equal groups of rows (device k's adapter on its rows), frozen W.
+
+    Autograd's backward of the same expression adds the base's and the adapter's input gradients in a separate
+    pass and casts each adapter gradient through extra nodes; here the input gradient is one ``baddbmm`` onto
+    ``g W`` and the scaling is applied to the small [K, T, r] factors."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
+        k = lora_a.shape[0]
+        with torch.autocast(x.device.type, enabled=False):  # x already in the compute dtype
+            w = weight.to(x.dtype)
+            a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
+            out = nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+            down = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2))
+            out = torch.baddbmm(out.reshape(k, -1, out.shape[-1]), down, b.transpose(1, 2), alpha=scaling)
+        ctx.save_for_backward(x, w, a, b, down)
+        ctx.scaling = scaling
+        ctx.adapter_dtypes = (lora_a.dtype, lora_b.dtype)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, a, b, down = ctx.saved_tensors
+        k, s = a.shape[0], ctx.scaling
+        gk = grad.to(x.dtype).reshape(k, -1, grad.shape[-1])
+        xk = x.reshape(k, -1, x.shape[-1])
+        g_down = torch.bmm(gk, b * s)  # [K, T, r]
+        grad_b = torch.bmm(gk.transpose(1, 2), down * s).to(ctx.adapter_dtypes[1])  # [K, out, r]
+        grad_a = torch.bmm(g_down.transpose(1, 2), xk).to(ctx.adapter_dtypes[0])  # [K, r, in]
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            base = torch.mm(gk.reshape(-1, gk.shape[-1]), w).reshape(k, -1, w.shape[1])
+            grad_x = torch.baddbmm(base, g_down, a).reshape(x.shape)
+        return grad_x, None, None, grad_a, grad_b, None
+
+
+def multi_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
+                      lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Rows of ``x`` in K equal contiguous groups; ``lora_a`` [K, r, in], ``lora_b`` [K, out, r]; frozen weight."""
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
+        raise RuntimeError("multi_lora_linear computes no base-weight gradient; the base layer must be frozen")
+    return _MultiLoraLinear.apply(x, weight, bias, lora_a, lora_b, scaling)
+
+
+class SharedCast:
+    """One cast of a tensor for every layer that reads it (q, k and v read the same normed input): the first
+    caller casts, the next callers with the same tensor get the same cast (its gradients are summed once)."""
+
+    def __init__(self) -> None:
+        self._source: torch.Tensor | None = None
+        self._version = -1
+        self._cast: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if x.dtype == dtype:
+            return x
+        if self._source is not x or self._version != x._version or self._cast.dtype != dtype:
+            self._source, self._version, self._cast = x, x._version, x.to(dtype)
+        return self._cast
+
+    def clear(self) -> None:
+        self._source = self._cast = None
