@@ -34,11 +34,13 @@ OUT = REPO / "docs" / "benchmarks"
 # The default run as it was when the throughput issue was filed: the last commit before work on it began.
 BASELINE_REF = "2c987bb"
 BEFORE = ["simulation=ray"]  # the default engine: Flower's Ray engine, fp32, one call per device
-FAST = ["simulation=fast"]  # conf/simulation/fast.yaml: in-process, batched cohorts, 2 workers, bf16
+FAST = ["simulation=fast"]  # conf/simulation/fast.yaml: in-process, batched cohorts, 2 workers, freed memory kept, bf16
 LADDER = {  # each run adds one change to the one before it
     "inprocess": ["simulation.backend=inprocess"],
     "batched": ["simulation.backend=inprocess", "simulation.cohort_batching=true"],
     "workers2": ["simulation.backend=inprocess", "simulation.cohort_batching=true", "simulation.workers=2"],
+    "reuse_memory": ["simulation.backend=inprocess", "simulation.cohort_batching=true", "simulation.workers=2",
+                     "simulation.reuse_freed_memory=true"],
     "after": FAST,
 }
 MAIN_RUNS = ("baseline", "before", *LADDER)  # --rounds; the breakdown runs: --breakdown-rounds
@@ -364,8 +366,8 @@ def write(summary: dict) -> None:
         "not timed), the first round a warm-up, the others measured and averaged; extra overrides: "
         f"{summary['extra_overrides'] or 'none'}; all runs side by side in one benchmark run "
         f"({summary['benchmark_wall_s']:.0f} s). `before` is the default run (Flower's Ray engine, fp32); `after` is "
-        "`simulation=fast` (conf/simulation/fast.yaml: in-process engine, batched cohorts, 2 worker processes, "
-        "bf16 autocast).",
+        "`simulation=fast` (conf/simulation/fast.yaml: in-process engine, batched cohorts, 2 worker processes that "
+        "keep freed memory, bf16 autocast).",
         "",
         "## Host matmul peak (GFLOP/s, square GEMM, best of n = 512/1024/2048)",
         "",
@@ -394,7 +396,8 @@ def write(summary: dict) -> None:
         "`baseline` → `before`: today's code on the same default engine (among others, ZeroQAT's activation "
         "fake-quantization runs in place when no gradient is needed); `inprocess`: "
         "`simulation.backend=inprocess`; `batched`: + `simulation.cohort_batching=true`; `workers2`: + "
-        "`simulation.workers=2`; `after`: + `client.precision=bf16` (= `simulation=fast`).",
+        "`simulation.workers=2`; `reuse_memory`: + `simulation.reuse_freed_memory=true`; `after`: + "
+        "`client.precision=bf16` (= `simulation=fast`).",
         "",
         *_table(runs, list(MAIN_RUNS)),
         "",
@@ -422,6 +425,12 @@ def write(summary: dict) -> None:
         "on every call) and use transformers' eager attention (torch's SDPA flash kernel is about 3.5x slower "
         "forward+backward in bf16 on this CPU at these shapes); ZeroQAT's packed weights are dequantized once "
         "per process (the priced device still keeps only the packed form).",
+        "- The batched step's backward passes are hand-written where autograd's generic ones make extra passes "
+        "over activations (client/fused_ops.py: a row-block cross-entropy with no fp32 copy of all logits, a "
+        "frozen-weight RMSNorm, the multi-LoRA linear; one bf16 cast of the normed input for q, k and v); "
+        "tests/test_throughput.py compares each with autograd. `simulation.reuse_freed_memory` "
+        "(simulations/host_allocator.py) stops glibc from unmapping freed activation blocks after every "
+        "operation and page-faulting them in again.",
         "- FedSpine's pruned trainer is not batched (every device's sub-model has its own shape); it gains what the "
         "in-process engine, the worker processes and bf16 (with eager attention) save.",
         "- bf16 on the plain (PEFT) path was broken until this benchmark's work: torch's autocast reuses its first "

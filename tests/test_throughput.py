@@ -170,3 +170,116 @@ def test_autocast_sees_every_update_of_the_adapter():
         second = layer(x)
     assert first.dtype == torch.bfloat16
     assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+def test_token_cross_entropy_matches_torch(dtype_name):
+    """The row-block cross-entropy gives F.cross_entropy's per-token losses and logits gradient (fp32 math;
+    in bf16 the gradient is rounded to bf16 as autograd's is), ignored rows included."""
+    import torch
+
+    from client.fused_ops import token_cross_entropy
+
+    dtype = getattr(torch, dtype_name)
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(300, 97, generator=gen) * 3).to(dtype).requires_grad_(True)  # rows not a block multiple
+    target = torch.randint(0, 97, (300,), generator=gen)
+    target[::7] = -100
+    weights = torch.rand(300, generator=gen)
+    ref = torch.nn.functional.cross_entropy(logits.float(), target, ignore_index=-100, reduction="none")
+    (ref_grad,) = torch.autograd.grad((ref * weights).sum(), logits)
+    ours = token_cross_entropy(logits, target)
+    (our_grad,) = torch.autograd.grad((ours * weights).sum(), logits)
+    assert ours.dtype == torch.float32 and torch.allclose(ours, ref, atol=1e-5, rtol=1e-6)
+    assert torch.all(ours[::7] == 0) and torch.all(our_grad[::7] == 0)
+    assert our_grad.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -8
+    assert torch.allclose(our_grad.float(), ref_grad.float(), atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match=r"\[N, V\] logits"):
+        token_cross_entropy(logits.view(3, 100, 97), target)
+
+
+def test_frozen_rms_norm_and_multi_lora_linear_match_autograd():
+    """FrozenRMSNorm: the same forward as transformers' LlamaRMSNorm, bit for bit, and its input gradient; the
+    fused multi-LoRA linear: W x + s B_k A_k x and autograd's gradients for x, A and B (fp32)."""
+    import torch
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from client.fused_ops import FrozenRMSNorm, SharedCast, multi_lora_linear, use_frozen_rms_norms
+
+    gen = torch.Generator().manual_seed(1)
+    norm = LlamaRMSNorm(32, eps=1e-6)
+    norm.weight.data = torch.rand(32, generator=gen) + 0.5
+    norm.requires_grad_(False)
+    holder = torch.nn.Sequential(norm)
+    assert use_frozen_rms_norms(holder) == 1 and isinstance(holder[0], FrozenRMSNorm)
+    x = torch.randn(3, 5, 32, generator=gen, requires_grad=True)
+    assert torch.equal(holder[0](x), norm(x))
+    g = torch.randn(3, 5, 32, generator=gen)
+    (ours,) = torch.autograd.grad((holder[0](x) * g).sum(), x)
+    (ref,) = torch.autograd.grad((norm(x) * g).sum(), x)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=1e-5)
+    holder[0].weight.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="must be frozen"):
+        holder[0](x)
+
+    k, rows, d_in, d_out, r, s = 3, 4, 16, 24, 2, 2.0
+    base = torch.nn.Linear(d_in, d_out).requires_grad_(False)
+    x = torch.randn(k * rows, d_in, generator=gen, requires_grad=True)
+    a = torch.randn(k, r, d_in, generator=gen, requires_grad=True)
+    b = torch.randn(k, d_out, r, generator=gen, requires_grad=True)
+    g = torch.randn(k * rows, d_out, generator=gen)
+    out = multi_lora_linear(x, base.weight, base.bias, a, b, s)
+    expected = torch.cat([base(x[i * rows:(i + 1) * rows]) + s * x[i * rows:(i + 1) * rows] @ a[i].T @ b[i].T
+                          for i in range(k)])
+    assert torch.allclose(out, expected, atol=1e-5)
+    grads = torch.autograd.grad((out * g).sum(), (x, a, b))
+    grads_ref = torch.autograd.grad((expected * g).sum(), (x, a, b))
+    for ours, ref in zip(grads, grads_ref):
+        assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-5)
+    base.weight.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="must be frozen"):
+        multi_lora_linear(x, base.weight, base.bias, a, b, s)
+
+    cast = SharedCast()  # q, k and v read one input: one cast, recast after an in-place change
+    y = torch.randn(4, 8)
+    first = cast(y, torch.bfloat16)
+    assert cast(y, torch.bfloat16) is first
+    y.mul_(2)
+    second = cast(y, torch.bfloat16)
+    assert second is not first and torch.equal(second, y.to(torch.bfloat16))
+    assert cast(y.clone(), torch.bfloat16) is not second
+
+
+_RSS_AFTER_FREE = """
+import sys, torch
+from simulations.host_allocator import reuse_freed_memory
+if sys.argv[1] == "reuse":
+    assert reuse_freed_memory()
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+t = torch.ones(4 * 1024 * 1024)  # 16 MiB
+before = rss()
+del t
+print(before - rss())
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc malloc")
+def test_reuse_freed_memory_keeps_freed_blocks_in_the_process(tmp_path):
+    """simulation.reuse_freed_memory: a freed 16 MiB tensor stays in the process (no munmap), so the next one
+    is not page-faulted in again; with glibc's defaults it is handed back at once. Real processes, real RSS."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    released = {}
+    for mode in ("default", "reuse"):
+        out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE, mode], cwd=repo, capture_output=True, text=True,
+                             check=True)
+        released[mode] = int(out.stdout.split()[-1])  # KiB given back to the OS by the free
+    assert released["default"] > 12 * 1024
+    assert released["reuse"] < 1024
+    assert compose(["+fleet=8dev_test", "simulation=fast"]).simulation.reuse_freed_memory
+    assert not compose(["+fleet=8dev_test"]).simulation.reuse_freed_memory
