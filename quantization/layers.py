@@ -85,9 +85,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.smooth is not None:
-            # cast first: the same fp32 quotient as the mixed-dtype division (bf16 x under autocast), whose
-            # broadcasting kernel is about 15x slower on a CPU
-            x = x.to(self.smooth.dtype) / self.smooth
+            x = x / self.smooth
         x = fake_quant_activation(x, self.a_bits)
         if torch.is_grad_enabled() and x.requires_grad and self.scale_gain is None:
             y = _DequantMatmul.apply(x, self)

@@ -1,10 +1,10 @@
 """Keep freed activation memory in the process instead of handing it back to the OS after every operation.
 
 A simulated device's training step on a CPU allocates and frees many tensors of a few MB (activations,
-gradients, casts). glibc's malloc serves blocks above its mmap threshold (128 KiB at start, adapting up to
-32 MiB) with fresh ``mmap`` pages and returns them with ``munmap`` when freed, so the next step page-faults the
-same memory in again; on this project's 2-core VM that is about 15% of a bf16 cohort step
-(docs/benchmarks/throughput.md). ``simulation.reuse_freed_memory=true`` raises the mmap threshold to glibc's
+gradients, casts). glibc's malloc hands much of that memory back to the OS as it is freed (``munmap`` of
+blocks above its mmap threshold, trimming of free space at the heap's top beyond its trim threshold), so
+later steps page-fault it in again: about 8% of a round on this project's 2-core VM (the `reuse_memory` step
+of docs/benchmarks/throughput.md). ``simulation.reuse_freed_memory=true`` raises the mmap threshold to glibc's
 maximum and stops trimming the heap, so freed blocks are reused. The cost: the process keeps its peak heap
 (resident memory does not shrink between rounds). Results are unchanged (only where memory comes from).
 """
