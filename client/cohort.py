@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from client.device_detect import attention_for, autocast_dtype
-from client.fused_ops import SharedCast, multi_lora_linear, token_cross_entropy, use_frozen_rms_norms
+from client.fused_ops import (SharedCast, add_multi_lora, multi_lora_linear, token_cross_entropy,
+                              use_frozen_rms_norms)
 from client.trainers.base import TrainResult, batch_indices
 from models.base_checkpoint import base_dir, load_base_model
 from models.lora import peft_config
@@ -60,13 +61,8 @@ class MultiLoraLinear(nn.Module):
             x = self.cast(x, torch.get_autocast_dtype(x.device.type))
         if dense and torch.is_grad_enabled() and self.lora_A.requires_grad:
             return multi_lora_linear(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling)
-        out = self.base(x)
-        k = self.lora_A.shape[0]
-        xk = x.reshape(k, -1, x.shape[-1])  # rows of device k are contiguous
-        down = torch.bmm(xk, self.lora_A.transpose(1, 2))
-        # out + s * B_k(A_k x) in one pass over the output (no separate scale and add passes)
-        return torch.baddbmm(out.reshape(k, -1, out.shape[-1]), down, self.lora_B.transpose(1, 2),
-                             alpha=self.scaling).reshape(out.shape)
+        # no gradient (evaluation, ZeroQAT) or a quantized base: the same expression, autograd's way
+        return add_multi_lora(self.base(x), x, self.lora_A, self.lora_B, self.scaling)[0]
 
 
 class MultiLoraModel:

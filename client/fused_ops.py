@@ -116,6 +116,16 @@ def use_frozen_rms_norms(model: nn.Module) -> int:
     return swapped
 
 
+def add_multi_lora(out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                   scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out + s * B_k (A_k x)`` for K equal contiguous groups of rows, in one pass over ``out`` (no separate
+    scale and add passes); also returns the [K, T, r] ``A_k x``."""
+    k = lora_a.shape[0]
+    down = torch.bmm(x.reshape(k, -1, x.shape[-1]), lora_a.transpose(1, 2))
+    added = torch.baddbmm(out.reshape(k, -1, out.shape[-1]), down, lora_b.transpose(1, 2), alpha=scaling)
+    return added.reshape(out.shape), down
+
+
 class _MultiLoraLinear(torch.autograd.Function):
     """``W x + s * B_k (A_k x)`` for K equal groups of rows (device k's adapter on its rows), frozen W.
 
@@ -125,17 +135,15 @@ class _MultiLoraLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
-        k = lora_a.shape[0]
         with torch.autocast(x.device.type, enabled=False):  # x already in the compute dtype
             w = weight.to(x.dtype)
             a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
-            out = nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
-            down = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2))
-            out = torch.baddbmm(out.reshape(k, -1, out.shape[-1]), down, b.transpose(1, 2), alpha=scaling)
+            out, down = add_multi_lora(nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype)),
+                                       x, a, b, scaling)
         ctx.save_for_backward(x, w, a, b, down)
         ctx.scaling = scaling
         ctx.adapter_dtypes = (lora_a.dtype, lora_b.dtype)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return out
 
     @staticmethod
     def backward(ctx, grad):
