@@ -36,7 +36,7 @@ from client.fused_ops import (SharedCast, add_multi_lora, multi_lora_linear, tok
 from client.trainers.base import TrainResult, batch_indices
 from models.base_checkpoint import base_dir, load_base_model
 from models.lora import peft_config
-from protocol.messages import Work
+from protocol.work import Work
 
 BATCHABLE_TRAINERS = ("lora_backprop",)
 PEFT_PREFIX = "base_model.model."
@@ -91,8 +91,9 @@ class MultiLoraModel:
         for path, layer in self.layers.items():
             a = np.stack([np.asarray(ad[f"{PEFT_PREFIX}{path}.lora_A.weight"], dtype=np.float32) for ad in adapters])
             b = np.stack([np.asarray(ad[f"{PEFT_PREFIX}{path}.lora_B.weight"], dtype=np.float32) for ad in adapters])
-            layer.lora_A = torch.from_numpy(a).requires_grad_(True)
-            layer.lora_B = torch.from_numpy(b).requires_grad_(True)
+            device = layer.base.weight.device  # the adapters live with the base (fp32 whatever the base's dtype)
+            layer.lora_A = torch.from_numpy(a).to(device).requires_grad_(True)
+            layer.lora_B = torch.from_numpy(b).to(device).requires_grad_(True)
             params += [layer.lora_A, layer.lora_B]
         return params
 
@@ -105,7 +106,7 @@ class MultiLoraModel:
     def adapters(self, count: int) -> list[dict[str, np.ndarray]]:
         out: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
         for path, layer in self.layers.items():
-            a, b = layer.lora_A.detach().float().numpy(), layer.lora_B.detach().float().numpy()
+            a, b = layer.lora_A.detach().float().cpu().numpy(), layer.lora_B.detach().float().cpu().numpy()
             for k in range(count):
                 out[k][f"{PEFT_PREFIX}{path}.lora_A.weight"] = a[k].copy()
                 out[k][f"{PEFT_PREFIX}{path}.lora_B.weight"] = b[k].copy()
@@ -190,11 +191,12 @@ class _ZoMultiLora:
     def load(self, adapters: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
         """Stacked [K, ...] tensors by adapter key (PEFT's names)."""
         out = {}
+        device = next(self.model.parameters()).device
         for path, layer in self.layers.items():
             layer.lora_A = torch.from_numpy(np.stack([np.asarray(ad[f"{path}.lora_A.weight"], np.float32)
-                                                      for ad in adapters]))
+                                                      for ad in adapters])).to(device)
             layer.lora_B = torch.from_numpy(np.stack([np.asarray(ad[f"{path}.lora_B.weight"], np.float32)
-                                                      for ad in adapters]))
+                                                      for ad in adapters])).to(device)
             out[f"{path}.lora_A.weight"], out[f"{path}.lora_B.weight"] = layer.lora_A, layer.lora_B
         return out
 
@@ -239,15 +241,17 @@ def train_cohort_zeroqat(runtime, works: list[Work], received: list[dict[str, np
             gen = torch.Generator().manual_seed(int(seeds[j][t, i]))
             for name in names:
                 out[name].append(noise(stacked[name][j].shape, gen))
-        return {name: torch.stack(zs).to(stacked[name].dtype) for name, zs in out.items()}
+        # drawn on the CPU (zeroqat.spsa.noise: the same z on every device), then moved to the adapters
+        return {name: torch.stack(zs).to(device=stacked[name].device, dtype=stacked[name].dtype)
+                for name, zs in out.items()}
 
     def move(z: dict[str, torch.Tensor], alpha: float) -> None:  # every device's adapter += alpha * its own z
         for name in names:
             stacked[name].add_(z[name], alpha=alpha)
 
     def losses_at(t: int) -> list[float]:
-        x = torch.cat([d.train_inputs[b[t]] for d, b in zip(data, batches)])
-        y = torch.cat([d.train_labels[b[t]] for d, b in zip(data, batches)])
+        x = torch.cat([d.train_inputs[b[t]] for d, b in zip(data, batches)]).to(runtime.device)
+        y = torch.cat([d.train_labels[b[t]] for d, b in zip(data, batches)]).to(runtime.device)
         # cast, then drop the last position (a strided cast of a slice is ~5x slower); the summation order of
         # zeroqat.batch_loss is kept: SPSA's (L+ - L-) / 2 eps resolves differences at the last float bit
         logits = holder.model(input_ids=x, use_cache=False).logits.float()[:, :-1]
@@ -290,7 +294,7 @@ def train_cohort_zeroqat(runtime, works: list[Work], received: list[dict[str, np
     compute_s = time.perf_counter() - start
     results = []
     for j, work in enumerate(works):
-        adapter = {name: stacked[name][j].numpy().copy() for name in names}
+        adapter = {name: stacked[name][j].cpu().numpy().copy() for name in names}
         seed_upload = upload.encode(seeds[j], grads[j])
         if cfg.seed_upload:
             adapter = upload.replay_adapter(received[j], seed_upload, cfg.lr, cfg.lr_schedule)
@@ -421,7 +425,7 @@ def evaluate_replies(plain_settings: dict, messages: list) -> dict[int, object]:
         parts = [runtime.device_data(w.device_index) for w in works]
         inputs = torch.cat([d.test_inputs[:n] for d in parts]).to(runtime.device)
         labels = torch.cat([d.test_labels[:n] for d in parts]).to(runtime.device)
-        owner = torch.cat([torch.full((len(d.test_inputs[:n]),), j) for j, d in enumerate(parts)])
+        owner = torch.cat([torch.full((len(d.test_inputs[:n]),), j) for j, d in enumerate(parts)]).to(runtime.device)
         loss_w, correct_w, tokens_w = [], [], []
         model.eval()
         chunk = EVAL_CHUNK_BATCHES * batch_size  # logits of a chunk stay small (memory traffic, not FLOPs)

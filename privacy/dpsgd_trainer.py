@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from client.runtime import DeviceData
 from client.trainers.base import TrainResult
 from models.lora import adapter_arrays
-from protocol.messages import Work
+from protocol.work import Work
 
 
 def per_sample_token_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -44,6 +44,7 @@ class LoraDpSgdTrainer:
         sigma = float(work.extra["dp_record_sigma"])
         clip = float(work.extra["dp_record_clip"])
         params = [p for p in model.parameters() if p.requires_grad]
+        device = params[0].device  # Opacus draws its noise on the parameters' device, with this generator
         generator = torch.Generator().manual_seed(int(work.seed))
         loader = DataLoader(TensorDataset(data.train_inputs, data.train_labels), batch_size=work.batch_size,
                             shuffle=True, generator=generator)
@@ -51,7 +52,7 @@ class LoraDpSgdTrainer:
         optimizer = torch.optim.AdamW(params, lr=work.lr, weight_decay=0.0)
         dp_model, dp_optimizer, dp_loader = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma, max_grad_norm=clip,
-            poisson_sampling=True, noise_generator=torch.Generator().manual_seed(int(work.seed) + 1),
+            poisson_sampling=True, noise_generator=torch.Generator(device=device).manual_seed(int(work.seed) + 1),
         )
         dp_model.train()
         losses, steps = [], 0
@@ -61,6 +62,7 @@ class LoraDpSgdTrainer:
                 for x, y in dp_loader:
                     if steps >= work.local_steps:
                         break
+                    x, y = x.to(device), y.to(device)  # an empty Poisson batch is made on the CPU
                     dp_optimizer.zero_grad(set_to_none=True)
                     loss = per_sample_token_mean_loss(dp_model(input_ids=x).logits, y).mean()
                     loss.backward()

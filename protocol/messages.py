@@ -12,10 +12,12 @@ Sending deltas rather than weights makes averaging, clipping and noise speak the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from protocol.work import Work  # noqa: F401  (re-exported: the flwr-free leaf module defines it)
 
 ARRAYS, CONFIG, METRICS, STRUCTURE = "arrays", "config", "metrics", "structure"
 NUM_EXAMPLES = "num-examples"
@@ -30,34 +32,6 @@ def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
-
-
-@dataclass
-class Work:
-    """One device's task for one round."""
-
-    server_round: int
-    device_index: int
-    trainer: str
-    local_steps: int
-    batch_size: int
-    lr: float
-    rank: int
-    seed: int
-    extra: dict[str, float | int | str | bool] = field(default_factory=dict)  # method-specific knobs
-    model_version: int = 0  # which global adapter this work starts from (echoed back; stale replies rejected)
-
-    def to_config(self) -> ConfigRecord:
-        data = {k: v for k, v in asdict(self).items() if k != "extra"}
-        data.update({f"extra.{k}": v for k, v in self.extra.items()})
-        return ConfigRecord(data)
-
-    @classmethod
-    def from_config(cls, record: ConfigRecord) -> Work:
-        names = {f.name for f in fields(cls)} - {"extra"}
-        base = {k: record[k] for k in names if k in record}
-        extra = {k[len("extra.") :]: v for k, v in record.items() if k.startswith("extra.")}
-        return cls(**base, extra=extra)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from client.runtime import DeviceData
-from protocol.messages import Work
+from protocol.work import Work
 
 
 @dataclass

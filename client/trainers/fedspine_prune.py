@@ -25,7 +25,7 @@ from client.trainers.base import TrainResult, batch_indices
 from models.base_checkpoint import base_dir, load_base_model
 from models.evaluation import next_token_stats
 from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
-from protocol.messages import Work
+from protocol.work import Work
 from pruning.importance import ImportanceTracker
 from pruning.prune import prune_model
 from pruning.schedule import step_levels
@@ -80,7 +80,7 @@ class FedSpinePruneTrainer:
                      work: Work) -> TrainResult:
         settings = runtime.settings
         x = work.extra
-        base = _dense_base(str(base_dir(settings)))
+        base = _dense_base(str(base_dir(settings))).to(runtime.device)  # prune and train where the device trains
         attention_for(base, runtime.device, autocast_dtype(runtime.device, settings.client.precision))
         dims = Dims.of(base.config)
         structure = Structure.from_arrays(structure_arrays, dims)
@@ -92,7 +92,7 @@ class FedSpinePruneTrainer:
         if x.get("sliced"):  # the server sent only this device's coordinates: place them in full coordinates
             placed, _ = scatter_from(received, structure, dims, rank, full_shapes)
             received = {k: v.astype(np.float32) for k, v in placed.items()}
-        data = runtime.device_data(work.device_index)
+        data = runtime.device_data(work.device_index).to_model(base)
 
         level = ratio_of(structure, dims)
         levels = step_levels(level, float(x["ratio"]), work.local_steps, int(x["prune_every"]),

@@ -10,7 +10,7 @@ from client.runtime import DeviceData
 from client.trainers.base import TrainResult, batch_indices
 from models.evaluation import next_token_stats
 from models.lora import adapter_arrays
-from protocol.messages import Work
+from protocol.work import Work
 
 
 class LoraBackpropTrainer:

@@ -16,7 +16,7 @@ from client.trainers.base import TrainResult, batch_indices
 from models.base_checkpoint import ensure_base_checkpoint, load_base_model
 from models.evaluation import next_token_stats
 from models.lora import adapter_arrays
-from protocol.messages import Work
+from protocol.work import Work
 from runconfig.schema import ZeroQATConfig
 from textdata.corpus import windows
 from zeroqat import upload
@@ -33,8 +33,9 @@ def _quantized_model(runtime: ClientRuntime, rank: int):
         _MODELS.clear()  # one live at a time, like runtime.adapter_model
         folder = ensure_base_checkpoint(s, runtime.corpus, show_progress=False)
         public, _ = windows(runtime.corpus.public_ids, s.data.seq_len, runtime.corpus.tokenizer.pad_token_id)
-        calib = calibration_batches(public, s.zeroqat.calibration_windows)
-        _MODELS[key] = build_quantized(load_base_model(folder), s.zeroqat, calib, s.method.lora, s.seed, rank)
+        calib = calibration_batches(public.to(runtime.device), s.zeroqat.calibration_windows)
+        base = load_base_model(folder).to(runtime.device)  # quantized where it trains (client.device)
+        _MODELS[key] = build_quantized(base, s.zeroqat, calib, s.method.lora, s.seed, rank)
     return _MODELS[key]
 
 
@@ -47,7 +48,7 @@ def batch_loss(model, x: torch.Tensor, y: torch.Tensor) -> float:
 def zeroqat_local_training(model, cfg: ZeroQATConfig, data: DeviceData, work: Work) -> tuple[dict, dict, dict]:
     """Run a round's ZO steps on ``model`` in place; returns (adapter, seed upload, metrics)."""
     tensors = trainable_tensors(model, "lora")
-    received = {k: t.numpy().copy() for k, t in tensors.items()} if cfg.seed_upload else None
+    received = {k: t.detach().cpu().numpy().copy() for k, t in tensors.items()} if cfg.seed_upload else None
     batches = batch_indices(len(data.train_inputs), work.batch_size, work.local_steps, work.seed)
     seeds = step_seeds(work.seed, work.local_steps, cfg.perturbations)
     start = time.perf_counter()
