@@ -49,12 +49,12 @@ class ImportanceTracker:
                 if t is not None:  # q rows / o columns of each head
                     per_head = t.reshape(-1, d, t.shape[1]).sum((1, 2)) if axis == 1 else \
                         t.reshape(t.shape[0], -1, d).sum((0, 2))
-                    h = h + per_head.double().numpy()
+                    h = h + per_head.double().cpu().numpy()
             c = 0.0
             for proj, axis in ((mlp.gate_proj, 1), (mlp.up_proj, 1), (mlp.down_proj, 0)):
                 t = _lora_taylor(proj)
                 if t is not None:
-                    c = c + t.sum(axis).double().numpy()
+                    c = c + t.sum(axis).double().cpu().numpy()
             heads.append(np.asarray(h, float))
             channels.append(np.asarray(c, float))
         if self.heads is None:

@@ -13,8 +13,15 @@ from torch import nn
 from pruning.structure import Dims, Structure
 
 
+def _like(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    """An uninitialised linear on the original's device and in its dtype (no CPU/fp32 round trip)."""
+    w = linear.weight
+    return nn.Linear(in_features, out_features, bias=linear.bias is not None, device=w.device, dtype=w.dtype)
+
+
 def _rows(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
-    new = nn.Linear(linear.in_features, len(idx), bias=linear.bias is not None, dtype=linear.weight.dtype)
+    new = _like(linear, linear.in_features, len(idx))
+    idx = idx.to(linear.weight.device)
     with torch.no_grad():
         new.weight.copy_(linear.weight[idx])
         if linear.bias is not None:
@@ -24,7 +31,8 @@ def _rows(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
 
 
 def _cols(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
-    new = nn.Linear(len(idx), linear.out_features, bias=linear.bias is not None, dtype=linear.weight.dtype)
+    new = _like(linear, len(idx), linear.out_features)
+    idx = idx.to(linear.weight.device)
     with torch.no_grad():
         new.weight.copy_(linear.weight[:, idx])
         if linear.bias is not None:

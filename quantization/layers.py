@@ -54,8 +54,8 @@ class PackedLinear(nn.Module):
         self.register_buffer("zero", zero.half())
         self.register_buffer("smooth", None if smooth is None else smooth.float().clone())
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        self.scale_gain = nn.Parameter(torch.zeros(scale.shape)) if trainable_qparams else None
-        self.zero_shift = nn.Parameter(torch.zeros(zero.shape)) if trainable_qparams else None
+        self.scale_gain = nn.Parameter(torch.zeros_like(scale, dtype=torch.float32)) if trainable_qparams else None
+        self.zero_shift = nn.Parameter(torch.zeros_like(zero, dtype=torch.float32)) if trainable_qparams else None
         self._held: torch.Tensor | None = None  # hold_dequantized()
 
     def hold_dequantized(self, dtype: torch.dtype | None = None) -> None:
@@ -108,7 +108,7 @@ class FakeQuantLinear(nn.Module):
             w = w * smooth
         self.weight = nn.Parameter(w)  # master weight (already multiplied by the smoothing scales)
         groups = grouped(w, group_size).shape[:2] + (1,)
-        clip_t = torch.as_tensor(clip, dtype=torch.float32).expand(groups).clone()
+        clip_t = torch.as_tensor(clip, dtype=torch.float32, device=w.device).expand(groups).clone()
         self.clip_hi = nn.Parameter(clip_t.clone())  # learnable clipping bounds (fractions of max / min)
         self.clip_lo = nn.Parameter(clip_t.clone())
         self.register_buffer("smooth", None if smooth is None else smooth.float().clone())

@@ -23,13 +23,13 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if bits in (2, 4, 8):
         per = 8 // bits
         v = flat.reshape(-1, per)
-        out = torch.zeros(v.shape[0], dtype=torch.uint8)
+        out = torch.zeros(v.shape[0], dtype=torch.uint8, device=flat.device)
         for i in range(per):
             out |= v[:, i] << (bits * i)
         return out
     if bits == 3:
         v = flat.reshape(-1, 8).to(torch.int32)
-        word = torch.zeros(v.shape[0], dtype=torch.int32)
+        word = torch.zeros(v.shape[0], dtype=torch.int32, device=flat.device)
         for i in range(8):
             word |= v[:, i] << (3 * i)
         return torch.stack([(word >> (8 * k)) & 0xFF for k in range(3)], dim=1).to(torch.uint8).reshape(-1)
@@ -40,12 +40,12 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """Inverse of :func:`pack`: the first ``numel`` codes as uint8."""
     if bits in (2, 4, 8):
         mask = 2**bits - 1
-        shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
         codes = (packed.reshape(-1, 1) >> shifts) & mask
         return codes.reshape(-1)[:numel]
     if bits == 3:
         b = packed.reshape(-1, 3).to(torch.int32)
         word = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        shifts = torch.arange(0, 24, 3, dtype=torch.int32)
+        shifts = torch.arange(0, 24, 3, dtype=torch.int32, device=packed.device)
         return ((word.reshape(-1, 1) >> shifts) & 7).to(torch.uint8).reshape(-1)[:numel]
     raise ValueError(f"cannot unpack {bits}-bit codes; supported 2, 3, 4, 8")

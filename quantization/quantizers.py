@@ -83,7 +83,7 @@ def best_clipping(w: torch.Tensor, bits: int, group_size: int, grid: int = 10, l
     """Per-group clipping factor (out, groups, 1) from a grid in [low, 1] minimising the weight reconstruction
     error: the starting point of the learnable bounds (RTN is factor 1 everywhere)."""
     wg = grouped(w, group_size)
-    best_err = torch.full(wg.shape[:2] + (1,), float("inf"))
+    best_err = torch.full(wg.shape[:2] + (1,), float("inf"), dtype=wg.dtype, device=wg.device)
     best = torch.ones_like(best_err)
     for r in torch.linspace(low, 1.0, grid).tolist():
         scale, zero = weight_qparams(wg, bits, r, r)

@@ -17,26 +17,37 @@ import torch
 
 
 def noise(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """z drawn on the CPU whatever device trains: a seed means the same z on a phone, a Jetson's GPU and the
+    server that replays it (CUDA's generator draws different numbers); callers move it to their tensors."""
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
-@torch.no_grad()
-def add_direction(params: Sequence[torch.Tensor], seed: int, alpha: float) -> None:
-    """params += alpha * z(seed), one tensor's z at a time (the order of ``params`` is part of the seed's meaning)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    for p in params:
-        p.add_(noise(p.shape, gen).to(p.dtype), alpha=alpha)
+def direction(params: Sequence[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """z(seed), one tensor per parameter, on each parameter's device and in its dtype (the order of ``params``
+    is part of the seed's meaning)."""
+    gen = torch.Generator().manual_seed(int(seed))  # CPU: see noise()
+    return [noise(p.shape, gen).to(device=p.device, dtype=p.dtype) for p in params]
 
 
 @torch.no_grad()
-def projected_gradient(params: Sequence[torch.Tensor], loss_fn: Callable[[], float], seed: int, eps: float
-                       ) -> tuple[float, float, float]:
-    """(g, L+, L-) for direction z(seed); the parameters end where they started (up to float rounding)."""
-    add_direction(params, seed, eps)
+def add_direction(params: Sequence[torch.Tensor], seed: int | Sequence[torch.Tensor], alpha: float) -> None:
+    """params += alpha * z, for z = z(seed) or an already drawn :func:`direction` (the same numbers)."""
+    z = direction(params, seed) if isinstance(seed, (int, np.integer)) else seed
+    for p, zp in zip(params, z, strict=True):
+        p.add_(zp, alpha=alpha)
+
+
+@torch.no_grad()
+def projected_gradient(params: Sequence[torch.Tensor], loss_fn: Callable[[], float], seed: int | Sequence[torch.Tensor],
+                       eps: float) -> tuple[float, float, float]:
+    """(g, L+, L-) for direction z(seed); the parameters end where they started (up to float rounding).
+    z is drawn once and used three times (on a GPU, drawing on the CPU costs more than the adds)."""
+    z = direction(params, seed) if isinstance(seed, (int, np.integer)) else seed
+    add_direction(params, z, eps)
     loss_plus = float(loss_fn())
-    add_direction(params, seed, -2 * eps)
+    add_direction(params, z, -2 * eps)
     loss_minus = float(loss_fn())
-    add_direction(params, seed, eps)
+    add_direction(params, z, eps)
     return (loss_plus - loss_minus) / (2 * eps), loss_plus, loss_minus
 
 
@@ -71,16 +82,17 @@ def zo_train(params: Sequence[torch.Tensor], batch_loss: Callable[[int], float],
     grads = np.zeros((steps, q), dtype=np.float32)
     losses = []
     for t in range(steps):
-        step_losses = []
+        step_losses, zs = [], []
         for i in range(q):
-            g, lp, lm = projected_gradient(params, lambda: batch_loss(t), int(seeds[t, i]), eps)
+            zs.append(direction(params, int(seeds[t, i])))
+            g, lp, lm = projected_gradient(params, lambda: batch_loss(t), zs[-1], eps)
             if grad_clip > 0:
                 g = max(-grad_clip, min(grad_clip, g))
             grads[t, i] = g
             step_losses += [lp, lm]
         lr_t = lr_at(t, steps, lr, schedule)
         for i in range(q):
-            add_direction(params, int(seeds[t, i]), step_coefficient(grads[t, i], lr_t, q))
+            add_direction(params, zs[i], step_coefficient(grads[t, i], lr_t, q))
         losses.append(sum(step_losses) / len(step_losses))
     return grads, losses
 
