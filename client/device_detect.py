@@ -166,3 +166,26 @@ def attention_for(model: torch.nn.Module, device: torch.device, dtype: torch.dty
     for CPU is ~3.5x slower forward+backward in bf16 at the simulation's shapes (docs/benchmarks/throughput.md)."""
     if device.type == "cpu" and dtype == torch.bfloat16 and model.config._attn_implementation != "eager":
         model.set_attn_implementation("eager")
+
+
+def base_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The dtype the frozen base is stored in: the compute (autocast) dtype on a GPU -- bf16 where supported, fp16
+    on pre-Ampere Jetsons -- so a device holds the 2-byte base it is priced for; fp32 on CPUs (the simulation host
+    keeps its fp32 weights; autocast casts per matmul). LoRA adapters and their optimizer state stay fp32."""
+    dtype = autocast_dtype(device, precision)
+    return dtype if device.type == "cuda" and dtype is not None else torch.float32
+
+
+def is_adapter(name: str) -> bool:
+    """A LoRA factor's parameter name (PEFT's ``lora_A`` / ``lora_B``)."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def hold_frozen_in(model: torch.nn.Module, dtype: torch.dtype, keep=is_adapter) -> torch.nn.Module:
+    """Store the model's frozen floating-point parameters in ``dtype``, in place. Trainable parameters, those
+    whose name ``keep`` accepts (LoRA factors: ZeroQAT trains them without autograd) and buffers such as rotary
+    frequencies keep their dtype; a tied embedding stays tied. Returns the model."""
+    for name, p in model.named_parameters():
+        if not p.requires_grad and not keep(name) and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    return model
