@@ -16,7 +16,8 @@ Per point (backprop LoRA and ZeroQAT, dense and pruned to sparsity 0.5 by prunin
 * implied efficiency: counted matmul FLOPs / (measured seconds x measured peak).
 
 The base is stored as the client runtime stores it on this GPU (``client.device_detect.base_dtype``: bf16 where
-supported) under the same autocast; ``--base fp32`` keeps it in fp32 as before issue 21.
+supported) under the same autocast; ``--base fp32`` keeps it in fp32 as before issue 21. ZeroQAT's base is
+packed W4 with its float rest (embeddings, norms) in fp32, as client/trainers/zeroqat.py keeps it.
 Without CUDA it exits 2. Every point runs in its own try/except (the error goes into the table) and a global
 time budget skips what is left.
 
@@ -200,10 +201,11 @@ def measure_point(config, trainer: str, sparsity: float, batch: int, seq: int, d
     zcfg = ZeroQATConfig()
     model = build_model(config, device)
     prune_to(model, sparsity)
-    if trainer == "zeroqat":  # quantized from the fp32 weights; the rest of the base (embeddings, norms) stored
+    if trainer == "zeroqat":  # as client/trainers/zeroqat.py: packed from fp32 weights, the float rest kept fp32
+        stored = torch.float32
         calib = calibration_batches(torch.randint(3, config.vocab_size, (zcfg.calibration_windows, 64),
                                                   generator=gen).to(device), zcfg.calibration_windows)
-        model = hold_frozen_in(build_quantized(model, zcfg, calib, lora, 0, RANK), stored)
+        model = build_quantized(model, zcfg, calib, lora, 0, RANK)
         tensors = list(trainable_tensors(model, "lora").values())
 
         def step():

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from client.device_detect import attention_for, autocast_dtype
+from client.device_detect import attention_for, autocast_dtype, base_dtype, hold_frozen_in
 from client.fused_ops import (SharedCast, add_multi_lora, multi_lora_linear, token_cross_entropy,
                               use_frozen_rms_norms)
 from client.trainers.base import TrainResult, batch_indices
@@ -56,7 +56,7 @@ class MultiLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dense = isinstance(self.base, nn.Linear)
-        if dense and torch.is_autocast_enabled(x.device.type):
+        if dense and torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
             # autocast would cast x for the base matmul and again for the adapter's (and q, k, v each): once
             x = self.cast(x, torch.get_autocast_dtype(x.device.type))
         if dense and torch.is_grad_enabled() and self.lora_A.requires_grad:
@@ -130,7 +130,8 @@ def multi_lora_model(runtime, rank: int) -> MultiLoraModel:
     key = (id(runtime), rank, scaling)
     if key not in _MODELS:
         _MODELS.clear()
-        base = _dense_base(str(base_dir(s))).to(runtime.device)
+        base = hold_frozen_in(_dense_base(str(base_dir(s))).to(runtime.device), base_dtype(runtime.device,
+                                                                                         s.client.precision))
         holder = MultiLoraModel(base, tuple(s.method.lora.target_modules), scaling)
         use_frozen_rms_norms(holder.model)  # same forward, a leaner backward (client/fused_ops.py)
         dtype = autocast_dtype(runtime.device, s.client.precision)

@@ -161,6 +161,13 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
+def no_autocast(device_type: str):
+    """Autocast off on this device type (a no-op context where the device has no autocast, e.g. meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def attention_for(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
     """On CPUs in bf16, attention runs transformers' eager (matmul) implementation: torch 2.13's SDPA flash kernel
     for CPU is ~3.5x slower forward+backward in bf16 at the simulation's shapes (docs/benchmarks/throughput.md)."""

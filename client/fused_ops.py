@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from client.device_detect import no_autocast
+
 CE_CHUNK_ROWS = 128  # rows of logits per pass: a [128, vocab] fp32 block stays in a core's L2 cache for small vocabularies
 IGNORE_INDEX = -100
 
@@ -119,10 +121,12 @@ def use_frozen_rms_norms(model: nn.Module) -> int:
 def add_multi_lora(out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
                    scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``out + s * B_k (A_k x)`` for K equal contiguous groups of rows, in one pass over ``out`` (no separate
-    scale and add passes); also returns the [K, T, r] ``A_k x``."""
+    scale and add passes); also returns the [K, T, r] ``A_k x``. Operands meet in ``x``'s, then ``out``'s dtype
+    (what autocast casts them to anyway; without autocast: a base held in bf16 next to fp32 adapters)."""
     k = lora_a.shape[0]
-    down = torch.bmm(x.reshape(k, -1, x.shape[-1]), lora_a.transpose(1, 2))
-    added = torch.baddbmm(out.reshape(k, -1, out.shape[-1]), down, lora_b.transpose(1, 2), alpha=scaling)
+    down = torch.bmm(x.reshape(k, -1, x.shape[-1]), lora_a.to(x.dtype).transpose(1, 2))
+    added = torch.baddbmm(out.reshape(k, -1, out.shape[-1]), down.to(out.dtype),
+                          lora_b.to(out.dtype).transpose(1, 2), alpha=scaling)
     return added.reshape(out.shape), down
 
 
@@ -135,7 +139,7 @@ class _MultiLoraLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
-        with torch.autocast(x.device.type, enabled=False):  # x already in the compute dtype
+        with no_autocast(x.device.type):  # x already in the compute dtype
             w = weight.to(x.dtype)
             a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
             out, down = add_multi_lora(nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype)),

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import torch
 
-from client.device_detect import attention_for, autocast, autocast_dtype, select_device
+from client.device_detect import attention_for, autocast, autocast_dtype, base_dtype, hold_frozen_in, select_device
 from fleet.devices import Device, build_fleet
 from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
 from models.lora import attach_lora
@@ -83,7 +83,8 @@ def _runtime(settings_json: str) -> ClientRuntime:
     folder = ensure_base_checkpoint(settings, corpus, show_progress=False)
     devices = build_fleet(settings.fleet, settings.seed)
     device = select_device(settings.client.device)
-    base_model = load_base_model(folder).to(device)
+    # the frozen base in the device's compute dtype on a GPU (bf16, or fp16 on pre-Ampere Jetsons); fp32 on CPUs
+    base_model = hold_frozen_in(load_base_model(folder).to(device), base_dtype(device, settings.client.precision))
     attention_for(base_model, device, autocast_dtype(device, settings.client.precision))
     return ClientRuntime(
         settings=settings,

@@ -19,6 +19,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from client.device_detect import no_autocast
 from client.runtime import DeviceData
 from client.trainers.base import TrainResult
 from models.lora import adapter_arrays
@@ -66,7 +67,8 @@ class LoraDpSgdTrainer:
                     dp_optimizer.zero_grad(set_to_none=True)
                     loss = per_sample_token_mean_loss(dp_model(input_ids=x).logits, y).mean()
                     loss.backward()
-                    dp_optimizer.step()
+                    with no_autocast(device.type):  # clipping's einsum would run in bf16/fp16 under autocast
+                        dp_optimizer.step()
                     steps += 1
                     if len(x):
                         losses.append(loss.item())

@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from client.device_detect import attention_for, autocast_dtype
+from client.device_detect import attention_for, autocast_dtype, base_dtype, hold_frozen_in
 from client.trainers.base import TrainResult, batch_indices
 from models.base_checkpoint import base_dir, load_base_model
 from models.evaluation import next_token_stats
@@ -80,7 +80,8 @@ class FedSpinePruneTrainer:
                      work: Work) -> TrainResult:
         settings = runtime.settings
         x = work.extra
-        base = _dense_base(str(base_dir(settings))).to(runtime.device)  # prune and train where the device trains
+        base = hold_frozen_in(_dense_base(str(base_dir(settings))).to(runtime.device),  # where the device trains,
+                              base_dtype(runtime.device, settings.client.precision))  # as the runtime holds it
         attention_for(base, runtime.device, autocast_dtype(runtime.device, settings.client.precision))
         dims = Dims.of(base.config)
         structure = Structure.from_arrays(structure_arrays, dims)

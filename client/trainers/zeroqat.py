@@ -35,6 +35,8 @@ def _quantized_model(runtime: ClientRuntime, rank: int):
         public, _ = windows(runtime.corpus.public_ids, s.data.seq_len, runtime.corpus.tokenizer.pad_token_id)
         calib = calibration_batches(public.to(runtime.device), s.zeroqat.calibration_windows)
         base = load_base_model(folder).to(runtime.device)  # quantized where it trains (client.device)
+        # from the fp32 weights; what stays float (embeddings, norms) stays fp32: SPSA divides loss differences
+        # by 2 eps, and a bf16 residual stream moved a round's update 4x more than autocast does (issue 21)
         _MODELS[key] = build_quantized(base, s.zeroqat, calib, s.method.lora, s.seed, rank)
     return _MODELS[key]
 
