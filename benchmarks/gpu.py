@@ -259,16 +259,26 @@ def measure_point(config, trainer: str, sparsity: float, batch: int, seq: int, d
 def grid(quick: bool) -> list[tuple[str, str, float, int, int]]:
     shapes = SHAPES[:1] + SHAPES[-1:] if quick else SHAPES
     tokens = TOKENS[:1] if quick else TOKENS
-    return [(s, t, sp, b, q) for s in shapes for (b, q) in tokens for t in TRAINERS for sp in SPARSITIES]
+    # the small token count first over every shape: what a spent time budget skips is the larger batches
+    return [(s, t, sp, b, q) for (b, q) in tokens for s in shapes for t in TRAINERS for sp in SPARSITIES]
 
 
 def run(points, device, budget_s: float, base: str = "auto", repeats: int = REPEATS, profile: dict | None = None,
-        configs: dict | None = None, log=print) -> dict:
+        configs: dict | None = None, log=print, save=None) -> dict:
+    """Every point in order (``save(result)`` after each, so a killed run leaves what it measured)."""
     import torch
 
     started = time.perf_counter()
     profile = profile or gpu_profile(device)
     rows = []
+
+    def result() -> dict:
+        return {"device_name": profile["name"], "torch": torch.__version__,
+                "peak_flops": profile["peak_flops"], "bandwidth_bytes_per_s": profile["bandwidth"],
+                "class_efficiency": CLASS_EFFICIENCY, "base": base, "rank": RANK, "targets": list(TARGETS),
+                "trained": "random weights of each priced shape", "priced": "the same shape",
+                "wall_s": time.perf_counter() - started, "points": rows}
+
     for name, trainer, sparsity, batch, seq in points:
         row = {"model": name, "trainer": trainer, "sparsity": sparsity, "batch": batch, "seq_len": seq,
                "tokens": batch * seq, "error": None}
@@ -292,11 +302,9 @@ def run(points, device, budget_s: float, base: str = "auto", repeats: int = REPE
                 torch.cuda.empty_cache()
         log(_line(row))
         rows.append(row)
-    return {"device_name": profile["name"], "torch": torch.__version__,
-            "peak_flops": profile["peak_flops"], "bandwidth_bytes_per_s": profile["bandwidth"],
-            "class_efficiency": CLASS_EFFICIENCY, "base": base, "rank": RANK, "targets": list(TARGETS),
-            "trained": "random weights of each priced shape", "priced": "the same shape",
-            "wall_s": time.perf_counter() - started, "points": rows}
+        if save is not None:
+            save(result())
+    return result()
 
 
 def _gib(b) -> str:
@@ -355,10 +363,14 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks.gpu needs a CUDA GPU: torch.cuda.is_available() is False here; nothing was run",
               file=sys.stderr)
         return 2
-    result = run(grid(args.quick), torch.device("cuda"), args.budget_s, args.base, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "gpu.md").write_text(markdown(result))
+
+    def save(result: dict) -> None:
+        (args.out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "gpu.md").write_text(markdown(result))
+
+    result = run(grid(args.quick), torch.device("cuda"), args.budget_s, args.base, args.repeats, save=save)
+    save(result)
     print(f"wrote {args.out / 'gpu.md'} and gpu.json ({sum(r['error'] is None for r in result['points'])}"
           f"/{len(result['points'])} points measured)")
     return 0

@@ -18,11 +18,11 @@ start=$(date +%s)
   "$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-', 'transformers', transformers.__version__, 'peft', peft.__version__)"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 } 2>&1 | tee "$OUT/env.txt"
-timeout 120 "$PY" -m pytest -q -m accelerator -p no:cacheprovider -o addopts="-ra --strict-markers" \
+timeout 150 "$PY" -m pytest -q -m accelerator -p no:cacheprovider -o addopts="-ra --strict-markers" \
   tests/test_accelerator.py 2>&1 | tee "$OUT/pytest.txt"
 tests_rc=${PIPESTATUS[0]}
 echo "tests rc=$tests_rc after $(( $(date +%s) - start )) s" | tee -a "$OUT/pytest.txt"
-timeout 270 "$PY" -m benchmarks.gpu --budget-s 200 --out "$OUT" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$OUT/benchmark.txt"
+timeout 210 "$PY" -m benchmarks.gpu --budget-s 170 --out "$OUT" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$OUT/benchmark.txt"
 bench_rc=${PIPESTATUS[0]}
 echo "benchmark rc=$bench_rc; total $(( $(date +%s) - start )) s" | tee -a "$OUT/benchmark.txt"
 [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]
