@@ -9,9 +9,18 @@ ZeroQAT (client/trainers/zeroqat.py: one SPSA step, two forwards on a W4A8 packe
 median of the timed steps after warm-up. Also checks that the simulated clock is deterministic: the default
 80-device fleet (priced as SmolLM2-135M) run twice in-process with the same seed must give identical
 ``clock/sim_time_s`` per round.
+Per-step overhead: the host's per-operator cost is measured first, apart from the grid: steps of tiny Llamas
+(hidden 64, 1-8 layers, 2 x 8 tokens; backprop), the slope of (measured - roofline) seconds against the
+operators the cost model counts for them (``step_operators``). Predicted = roofline + operators x that cost.
+
+Memory: ``memory_points``, the cost model's ``training_memory`` against the peak resident memory of one step
+measured in a fresh process (benchmarks/peak_memory.py) for 3 shapes (two tiny Llamas and SmolLM2-135M's shape,
+random weights) x 2 token counts x {backprop, ZeroQAT} x {dense, pruned 0.5}. The host allocator's working set
+(glibc's malloc keeps freed blocks: its resident peak is a multiple of the live bytes) is measured once, on a
+point outside that grid, as the ratio of measured to predicted transient bytes.
 Writes docs/benchmarks/cost_model.{md,json}.
 
-    python -m benchmarks.cost_model [--threads 2] [--quick] [--skip-determinism]   # ~10 min on 2 CPU cores
+    python -m benchmarks.cost_model [--threads 2] [--quick] [--skip-determinism] [--memory-only|--skip-memory]
 """
 
 from __future__ import annotations
@@ -62,13 +71,56 @@ def host_rates() -> dict:
     return {"host_gflops": statistics.median(gemm.values()), "host_gbps": gbps, "gemm_gflops": gemm}
 
 
+def tiny_spec(hidden: int, layers: int) -> dict:
+    """The calibration grid's tiny Llama: head_dim 64, kv heads = heads / 2, MLP ~2.69 x hidden."""
+    heads = hidden // 64
+    return {"hidden": hidden, "intermediate": round(hidden * 2.6875 / 16) * 16, "layers": layers, "heads": heads,
+            "kv_heads": max(1, heads // 2), "head_dim": 64, "vocab": VOCAB}
+
+
 def llama_config(hidden: int, layers: int):
+    from benchmarks.peak_memory import llama_config as from_spec
+
+    return from_spec({**tiny_spec(hidden, layers), "seq": SEQ})
+
+
+HOST_KERNELS = {"act_bytes": 4, "weight_bytes": 4.0, "quant": "emulated"}  # fp32, SDPA, AdamW per-tensor loop
+OPERATOR_LAYERS = (1, 2, 4, 8)  # the per-operator microbenchmark's tiny models (hidden 64, 2 x 8 tokens)
+SMOLLM2 = {"hidden": 576, "intermediate": 1536, "layers": 30, "heads": 9, "kv_heads": 3, "head_dim": 64,
+           "vocab": 49152}  # conf/cost/smollm2-135m.yaml
+MEMORY_SHAPES = {"llama-256x4": tiny_spec(256, 4), "llama-512x8": tiny_spec(512, 8), "smollm2-135m": SMOLLM2}
+MEMORY_TOKENS = ((8, 64), (8, 256))
+MEMORY_RANK = 8
+ALLOCATOR_POINT = ("llama-384x6", tiny_spec(384, 6), 8, 128)  # outside the memory grid
+
+
+def operator_cost(rates: dict) -> dict:
+    """Seconds per dispatched operator on this host: least-squares slope of (measured - roofline) step seconds
+    against the counted operators of tiny backprop models (hidden 64, 2 heads of 32, 1-8 layers, 2 x 8 tokens)."""
     from transformers import LlamaConfig
 
-    heads = hidden // 64
-    return LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=round(hidden * 2.6875 / 16) * 16,
-                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
-                       head_dim=64, max_position_embeddings=256, tie_word_embeddings=True)
+    from fleet.arch import ArchShape
+    from fleet.cost_model import Job, Kernels, job_cost
+    from models.architectures import build_model
+    from runconfig.schema import LoraConfig
+
+    kernels = Kernels(**HOST_KERNELS)
+    x = torch.randint(3, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    ops, excess = [], []
+    for layers in OPERATOR_LAYERS:
+        config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                             num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=64,
+                             tie_word_embeddings=True)
+        shape = ArchShape.from_hf_config(config, f"tiny-64x{layers}")
+        job = Job(True, 4, TARGETS, 2, 8, ((1, shape.dense()),))
+        cost = job_cost(shape, job, kernels).total()
+        lora_cfg = LoraConfig(rank=4, alpha=16.0, dropout=0.0, target_modules=list(TARGETS))
+        measured = backprop_step_s(build_model(config, 0), lora_cfg, 4, x, repeats=30)
+        ops.append(cost.operators)
+        excess.append(measured - cost.seconds(rates["host_gflops"] * 1e9, rates["host_gbps"] * 1e9))
+    slope, intercept = np.polyfit(ops, excess, 1)
+    return {"operator_s": float(slope), "operator_fit_intercept_s": float(intercept),
+            "operator_fit": [{"layers": n, "operators": o, "excess_s": e} for n, o, e in zip(OPERATOR_LAYERS, ops, excess)]}
 
 
 def pruned(base, level: float, seed: int = 0):
@@ -86,7 +138,7 @@ def pruned(base, level: float, seed: int = 0):
     return model
 
 
-def backprop_step_s(base, lora_cfg, rank: int, x: torch.Tensor) -> float:
+def backprop_step_s(base, lora_cfg, rank: int, x: torch.Tensor, repeats: int = REPEATS) -> float:
     """Median seconds of a LoRA backprop step, as client/trainers/lora_backprop.py runs it."""
     from models.evaluation import next_token_stats
     from models.lora import attach_lora
@@ -103,7 +155,7 @@ def backprop_step_s(base, lora_cfg, rank: int, x: torch.Tensor) -> float:
         optimizer.step()
         loss.item()
 
-    return timed(step, REPEATS, WARMUP)
+    return timed(step, repeats, WARMUP)
 
 
 def zeroqat_step_s(base, zcfg, lora_cfg, rank: int, x: torch.Tensor) -> float:
@@ -131,7 +183,7 @@ def calibrate(sizes, ranks, sparsities, rates: dict) -> list[dict]:
     from quantization.spec import parse_wa
     from runconfig.schema import LoraConfig, ZeroQATConfig
 
-    kernels, zcfg = Kernels(act_bytes=4, weight_bytes=4.0, quant="emulated"), ZeroQATConfig()
+    kernels, zcfg = Kernels(**HOST_KERNELS), ZeroQATConfig()
     spec = parse_wa(zcfg.quant, zcfg.group_size)
     x = torch.randint(3, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
     points = []
@@ -151,18 +203,84 @@ def calibrate(sizes, ranks, sparsities, rates: dict) -> list[dict]:
                               segments=((1, kept),), forwards_per_step=1 if backprop else 2 * zcfg.perturbations,
                               quantized=None if backprop else Quantized(spec.w_bits, zcfg.group_size, spec.a_bits))
                     cost = job_cost(shape, job, kernels).total()
-                    predicted = cost.seconds(rates["host_gflops"] * 1e9, rates["host_gbps"] * 1e9)
+                    roofline = cost.seconds(rates["host_gflops"] * 1e9, rates["host_gbps"] * 1e9)
+                    predicted = roofline + cost.operators * rates["operator_s"]
                     measured = backprop_step_s(base, lora_cfg, rank, x) if backprop else \
                         zeroqat_step_s(base, zcfg, lora_cfg, rank, x)
                     points.append({
                         "model": shape.name, "params": shape.num_params(), "kept_params": shape.num_params(kept),
                         "hidden": hidden, "layers": layers, "rank": rank, "sparsity": level, "trainer": trainer,
                         "gemm_flops": cost.gemm_flops, "gemm_bytes": cost.gemm_bytes,
-                        "elementwise_bytes": cost.elementwise_bytes,
-                        "predicted_s": predicted, "measured_s": measured,
+                        "elementwise_bytes": cost.elementwise_bytes, "operators": cost.operators,
+                        "roofline_s": roofline, "predicted_s": predicted, "measured_s": measured,
                         "rel_error": (predicted - measured) / measured})
                     bar.update()
     bar.close()
+    return points
+
+
+def memory_job(spec: dict, trainer: str, level: float, batch: int, seq: int):
+    """(priced shape, Job) of a memory point, as fleet/pricing.py would build it."""
+    from benchmarks.peak_memory import llama_config as from_spec
+    from fleet.arch import ArchShape
+    from fleet.cost_model import Job, Quantized
+    from quantization.spec import parse_wa
+    from runconfig.schema import ZeroQATConfig
+
+    zcfg = ZeroQATConfig()
+    qspec = parse_wa(zcfg.quant, zcfg.group_size)
+    shape = ArchShape.from_hf_config(from_spec({**spec, "seq": seq}), "shape")
+    backprop = trainer == "lora_backprop"
+    return shape, Job(backprop=backprop, rank=MEMORY_RANK, targets=TARGETS, batch_size=batch, seq_len=seq,
+                      segments=((1, shape.kept(level)),), forwards_per_step=1 if backprop else 2 * zcfg.perturbations,
+                      quantized=None if backprop else Quantized(qspec.w_bits, zcfg.group_size, qspec.a_bits))
+
+
+def _measure_point(spec: dict, trainer: str, level: float, batch: int, seq: int, threads: int) -> dict:
+    from benchmarks.peak_memory import measure
+
+    return measure({**spec, "batch": batch, "seq": seq, "trainer": trainer, "sparsity": level, "rank": MEMORY_RANK,
+                    "threads": threads})
+
+
+TRANSIENT_TERMS = ("saved_activations", "working_set", "loss")
+
+
+def host_allocator_fraction(threads: int) -> dict:
+    """The host allocator's working set as a share of a step's transient bytes, measured at ALLOCATOR_POINT (both
+    trainers; the larger is kept): measured peak over the cost model's bytes, beyond the persistent terms."""
+    from fleet.cost_model import Kernels, memory_terms
+
+    name, spec, batch, seq = ALLOCATOR_POINT
+    out = {}
+    for trainer in ("lora_backprop", "zeroqat"):
+        shape, job = memory_job(spec, trainer, 0.0, batch, seq)
+        terms = memory_terms(shape, job, Kernels(**HOST_KERNELS))
+        transient = sum(terms.get(k, 0.0) for k in TRANSIENT_TERMS)
+        measured = _measure_point(spec, trainer, 0.0, batch, seq, threads)["measured_bytes"]
+        out[trainer] = (measured - (sum(terms.values()) - transient)) / transient - 1.0
+    return {"allocator_point": f"{name} {batch}x{seq}", "allocator_fraction_by_trainer": out,
+            "allocator_fraction": max(out.values())}
+
+
+def memory_grid(threads: int, allocator_fraction: float, quick: bool = False) -> list[dict]:
+    from fleet.cost_model import Kernels, memory_terms, training_memory
+
+    kernels = Kernels(**HOST_KERNELS, allocator_fraction=allocator_fraction)
+    shapes = dict(list(MEMORY_SHAPES.items())[:1]) if quick else MEMORY_SHAPES
+    tokens = MEMORY_TOKENS[:1] if quick else MEMORY_TOKENS
+    grid = [(n, b, s, tr, lv) for n in shapes for b, s in tokens for tr in ("lora_backprop", "zeroqat")
+            for lv in ((0.0,) if quick else SPARSITIES)]
+    points = []
+    for name, batch, seq, trainer, level in tqdm(grid, desc="memory points"):
+        shape, job = memory_job(shapes[name], trainer, level, batch, seq)
+        measured = _measure_point(shapes[name], trainer, level, batch, seq, threads)
+        predicted = training_memory(shape, job, kernels)
+        points.append({"model": name, "tokens": f"{batch}x{seq}", "trainer": trainer, "sparsity": level,
+                       "rank": MEMORY_RANK, "predicted_bytes": predicted, "measured_bytes": measured["measured_bytes"],
+                       "resident_before_step_bytes": measured["resident_before_step_bytes"],
+                       "rel_error": (predicted - measured["measured_bytes"]) / measured["measured_bytes"],
+                       "terms": {k: float(v) for k, v in memory_terms(shape, job, kernels).items()}})
     return points
 
 
@@ -202,41 +320,89 @@ def median_abs(points: list[dict]) -> float:
     return float(statistics.median(abs(p["rel_error"]) for p in points))
 
 
+def _mib(b: float) -> str:
+    return f"{b / 2**20:,.1f}"
+
+
 def write(result: dict) -> str:
     rows = [f"| {p['model']} | {p['params'] / 1e6:.1f}M | {p['kept_params'] / 1e6:.1f}M | {p['rank']} | {p['sparsity']:g} | {p['trainer']} | "
+            f"{p.get('operators', 0):,.0f} | {p.get('roofline_s', p['predicted_s']):.4f} | "
             f"{p['predicted_s']:.4f} | {p['measured_s']:.4f} | {100 * p['rel_error']:+.1f}% |"
             for p in result["points"]]
     by_trainer = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result["median_abs_error_by_trainer"].items())
     gemm = ", ".join(f"{k} {v:.1f}" for k, v in result["gemm_gflops"].items())
+    op = result.get("operator_s")
+    op_fit = ", ".join(f"{f['layers']} layer(s): {f['operators']:,.0f} ops, {1e3 * f['excess_s']:.1f} ms"
+                       for f in result.get("operator_fit", []))
+    mem_rows = [f"| {p['model']} | {p['tokens']} | {p['trainer']} | {p['sparsity']:g} | {_mib(p['predicted_bytes'])} | "
+                f"{_mib(p['measured_bytes'])} | {100 * p['rel_error']:+.1f}% | "
+                + " / ".join(_mib(p['terms'].get(k, 0.0)) for k in MEMORY_TERM_ORDER) + " |"
+                for p in result.get("memory_points", [])]
     lines = [
-        "# Cost model vs measured step times on this host",
+        "# Cost model vs measured step times and peak memory on this host",
         "",
         "`python -m benchmarks.cost_model` times one training step (batch "
         f"{BATCH} x {SEQ} tokens) of tiny Llamas (head_dim 64, GQA, vocab {VOCAB}) as the trainers run it: "
         "backprop LoRA (forward, loss, backward, AdamW on all 7 projections) and ZeroQAT (one SPSA step, two "
         "forwards on a W4A8 group-64 packed base, dequantized and fake-quantized in fp32). Step time = median of "
         f"{REPEATS} steps after {WARMUP} warm-up steps. Pruned points (sparsity 0.5) use the project's structured "
-        "pruning (random importance scores).",
+        "pruning (random importance scores). The model trained and the model priced are the same tiny Llama.",
         "",
         f"The \"device\" is this host, {result['threads']} torch thread(s): fp32 GEMM {result['host_gflops']:.1f} "
-        f"GFLOP/s (median of {gemm}), memory {result['host_gbps']:.1f} GB/s (64 MiB `torch.add`). "
-        "Predicted = fleet/cost_model.py's `job_cost(...).total().seconds(GEMM rate, bandwidth)` with "
-        "`Kernels(act_bytes=4, weight_bytes=4, quant=\"emulated\")`: the model's form is tested, nothing is fitted.",
+        f"GFLOP/s (median of {gemm}), memory {result['host_gbps']:.1f} GB/s (64 MiB `torch.add`)"
+        + (f", **{1e6 * op:.1f} µs per dispatched operator** (slope of measured minus roofline seconds against the "
+           f"counted operators of tiny backprop Llamas, hidden 64, 2 x 8 tokens, not in the grid: {op_fit})"
+           if op is not None else "") + ". "
+        "Predicted = fleet/cost_model.py's `job_cost(...).total().seconds(GEMM rate, bandwidth, operator_s)` with "
+        "`Kernels(act_bytes=4, weight_bytes=4, quant=\"emulated\")`: roofline + operators x per-operator cost; "
+        "nothing is fitted to the grid.",
+        "",
+        f"Host load when measured: {result.get('load', 'not recorded')}.",
         "",
         f"**Median |relative error|: {100 * result['median_abs_error']:.1f}%** ({by_trainer}). "
         f"Deterministic simulated clock (+fleet=80dev priced as SmolLM2-135M, same seed, run twice): "
         f"{result['deterministic_sim_time']} (per-round clock/sim_time_s {result['sim_time_run1']} vs "
         f"{result['sim_time_run2']}).",
         "",
-        "| model | params | kept | rank | sparsity | trainer | predicted s | measured s | rel. error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | params | kept | rank | sparsity | trainer | operators | roofline s | predicted s | measured s | rel. error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]
+    if mem_rows:
+        frac = result["allocator_fraction_by_trainer"]
+        lines += [
+            "## Peak memory of one step",
+            "",
+            "fleet/cost_model.py's `training_memory` (host kernels: fp32, SDPA attention, emulated W4A8, rank "
+            f"{MEMORY_RANK} on all 7 projections) against the step's peak resident memory in a fresh process "
+            "(benchmarks/peak_memory.py: VmHWM after the step minus the resident set before the model was built, "
+            "code paths warmed on a tiny model first; backprop: two steps, ZeroQAT: one SPSA step). Models trained "
+            "and priced: the tiny Llamas (vocab 2048) and SmolLM2-135M's shape (conf/cost/smollm2-135m.yaml) with "
+            "random weights. Pruned = structured pruning at 0.5, the pruned model alone in memory.",
+            "",
+            f"Host allocator working set: glibc's malloc keeps freed blocks in its heap (its mmap threshold rises to "
+            f"the largest block freed), so the resident peak is a multiple of the live bytes. Measured once at "
+            f"{result['allocator_point']} (outside the grid) as measured / predicted transient bytes - 1: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in frac.items())
+            + f"; the larger, **{result['allocator_fraction']:.2f}**, is `Kernels.allocator_fraction` for the host.",
+            "",
+            f"**Worst under-prediction: {100 * result['memory_max_under']:.1f}%**; worst over-prediction "
+            f"{100 * result['memory_max_over']:.1f}% (target: never under by more than 5%, at most 25% over).",
+            "",
+            "| model | tokens | trainer | sparsity | predicted MiB | measured MiB | rel. error | "
+            + " / ".join(MEMORY_TERM_ORDER) + " (MiB) |",
+            "|---|---|---|---|---|---|---|---|",
+            *mem_rows,
+            "",
+        ]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "cost_model.md").write_text("\n".join(lines))
     (OUT / "cost_model.json").write_text(json.dumps(result, indent=2) + "\n")
     return "\n".join(lines)
+
+
+MEMORY_TERM_ORDER = ("base_weights", "adapter_state", "saved_activations", "working_set", "loss", "allocator")
 
 
 def main() -> dict:
@@ -244,13 +410,34 @@ def main() -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 size x 1 rank x 1 sparsity (smoke test)")
     parser.add_argument("--skip-determinism", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory points (keeps the time results)")
+    parser.add_argument("--skip-memory", action="store_true", help="only the step times (keeps the memory results)")
     parser.add_argument("--cache-dir", default="/tmp/edgefleet-bench-cache")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers/PEFT deprecation notices
     torch.set_num_threads(args.threads)
+    new = {}
+    if not args.memory_only:
+        new.update(time_results(args))
+    if not args.skip_memory:
+        allocator = host_allocator_fraction(args.threads)
+        points = memory_grid(args.threads, allocator["allocator_fraction"], args.quick)
+        errors = [p["rel_error"] for p in points]
+        new.update(allocator, memory_points=points, memory_max_under=max(0.0, -min(errors)),
+                   memory_max_over=max(0.0, max(errors)))
+    previous = OUT / "cost_model.json"  # read now: a part run keeps the other part's results
+    result = {**(json.loads(previous.read_text()) if previous.exists() else {}), **new}
+    print(write(result))
+    return result
+
+
+def time_results(args) -> dict:
+    load = os.getloadavg()
     rates = host_rates()
+    rates.update(operator_cost(rates))
     print(f"host: {rates['host_gflops']:.1f} GFLOP/s fp32 GEMM {rates['gemm_gflops']}, "
-          f"{rates['host_gbps']:.1f} GB/s, {args.threads} thread(s)", flush=True)
+          f"{rates['host_gbps']:.1f} GB/s, {1e6 * rates['operator_s']:.1f} us/operator, {args.threads} thread(s)",
+          flush=True)
     grid = (SIZES[:1], RANKS[:1], SPARSITIES[:1]) if args.quick else (SIZES, RANKS, SPARSITIES)
     points = calibrate(*grid, rates)
     trainers = sorted({p["trainer"] for p in points})
@@ -259,6 +446,9 @@ def main() -> dict:
                                               for t in trainers},
               "threads": args.threads, "quick": args.quick, **rates, "points": points,
               "deterministic_sim_time": None, "sim_time_run1": None, "sim_time_run2": None}
+    end = os.getloadavg()
+    result["load"] = (f"load average {load[0]:.2f} at the start, {end[0]:.2f} after the grid "
+                      f"(1-minute, {os.cpu_count()} CPUs)")
     if not args.skip_determinism:
         cwd = os.getcwd()
         with tempfile.TemporaryDirectory(prefix="cost-model-", ignore_cleanup_errors=True) as tmp:
@@ -268,7 +458,6 @@ def main() -> dict:
                 os.chdir(cwd)
         result.update(deterministic_sim_time=bool(run1 and run1 == run2 and all(t > 0 for t in run1)),
                       sim_time_run1=run1, sim_time_run2=run2)
-    print(write(result))
     return result
 
 

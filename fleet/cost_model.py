@@ -25,24 +25,39 @@ d head dim, causal attention averages (s+1)/2 keys per query):
   see the constants below): two RMSNorms 14h, rotary 10(q+g)d, residual adds 6h, SwiGLU 5c, each LoRA output's
   scale-and-add 5*out; the final norm, the embedding gather and the loss (6V fp32 values).
 
-Not counted: kernel-launch and framework overheads, rebuilding a pruned model between
-pruning steps; the calibration benchmark (``python -m benchmarks.cost_model``) measures what that leaves out.
+* Per-step overhead: every operator a step dispatches costs a fixed time on top of its roofline (framework
+  dispatch and kernel launch; at the fleet's token counts it is most of a small model's step). Operators are
+  counted from the structure (per layer, per LoRA target, per trainable tensor, per model) with constants
+  counted once on the eager implementations (``OPS`` below); ``seconds(..., operator_s=...)`` charges them at
+  the device class's per-operator cost (conf/device/*.yaml ``operator_us``).
+
+Not counted: rebuilding a pruned model between pruning steps; the calibration benchmark
+(``python -m benchmarks.cost_model``) measures what the model leaves out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fleet.arch import ArchShape, Kept
+from fleet.arch import PROJECTIONS, ArchShape, Kept
 
 
 @dataclass(frozen=True)
 class Kernels:
     """How the work executes: bytes per activation value and per base weight, and the quantized path."""
 
-    act_bytes: int = 2  # fp16 activations on device; 4 for the host's fp32
-    weight_bytes: float = 2.0  # bytes per frozen float base weight
+    act_bytes: int = 2  # compute dtype: 2 = fp16/bf16 autocast on a device; 4 = the host's fp32 (no autocast)
+    weight_bytes: float = 2.0  # bytes per frozen float base weight as stored (> act_bytes: autocast copies them)
     quant: str = "fused"  # fused (device integer kernels) | emulated (dequantize + fake-quant, the host path)
+    attention: str = "sdpa"  # sdpa (fused: saves output + log-sum-exp) | eager (saves the score matrices)
+    foreach_optimizer: bool = False  # AdamW's multi-tensor path (CUDA's default) instead of the per-tensor loop
+    allocator_bytes: float = 0.0  # the allocator's fixed working set at the peak (see ALLOCATOR_* below)
+    allocator_fraction: float = 0.0  # ... and its share of the step's transient bytes (rounding, fragmentation)
+
+    @property
+    def mixed(self) -> bool:
+        """Autocast to a 2-byte compute dtype (the base may still be stored wider)."""
+        return self.act_bytes < 4
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,7 @@ class WorkCost:
 
     gemms: dict[str, list[float]] = field(default_factory=dict)
     elementwise_bytes: float = 0.0
+    operators: float = 0.0  # operators dispatched (each a fixed framework/launch cost; see OPS)
 
     @property
     def gemm_flops(self) -> float:
@@ -109,14 +125,18 @@ class WorkCost:
             entry[0] += f
             entry[1] += b
         self.elementwise_bytes += other.elementwise_bytes
+        self.operators += other.operators
         return self
 
     def scaled(self, k: float) -> WorkCost:
-        return WorkCost({kind: [f * k, b * k] for kind, (f, b) in self.gemms.items()}, self.elementwise_bytes * k)
+        return WorkCost({kind: [f * k, b * k] for kind, (f, b) in self.gemms.items()}, self.elementwise_bytes * k,
+                        self.operators * k)
 
-    def seconds(self, matmul_flops_per_s: float, bytes_per_s: float) -> float:
+    def seconds(self, matmul_flops_per_s: float, bytes_per_s: float, operator_s: float = 0.0) -> float:
+        """Roofline seconds, plus ``operator_s`` per dispatched operator (the per-step overhead term; 0 leaves
+        it out, the clock before it existed)."""
         return sum(max(f / matmul_flops_per_s, b / bytes_per_s) for f, b in self.gemms.values()) \
-            + self.elementwise_bytes / bytes_per_s
+            + self.elementwise_bytes / bytes_per_s + self.operators * operator_s
 
 
 @dataclass
@@ -154,6 +174,23 @@ RMSNORM, ROTARY, RESIDUAL, SWIGLU, LORA_ADD, LOSS = 7, 10, 3, 5, 5, 6
 # zero (4 + 4), times scale (4 + 4); the grouped reshape is a view and the matmul reads the result in place.
 EMULATED_DEQUANT_BYTES = 24.5
 
+# Operators one step dispatches, counted once with a TorchDispatchMode (every aten call, views included: each
+# pays the framework's dispatch, and on a GPU most launch a kernel) on transformers' Llama layer with PEFT LoRA
+# (torch 2.x, transformers 5.x, SDPA attention), differencing models of 1-3 layers and 1 or 7 LoRA targets.
+# "fp32": no autocast; "mixed": autocast to a 2-byte dtype (its casts are operators too).
+# layer / target / model: per decoder layer, extra per LoRA target in a layer, once per pass (embedding, final
+# norm, LM head, loss; negative in backward: layer 0 needs no input gradients).
+OPS = {
+    "fp32": {"fwd_layer": 77, "fwd_target": 10, "fwd_model": 41, "bwd_layer": 98, "bwd_target": 20, "bwd_model": -14},
+    "mixed": {"fwd_layer": 81, "fwd_target": 14, "fwd_model": 46, "bwd_layer": 102, "bwd_target": 24,
+              "bwd_model": -19},
+}
+EAGER_ATTENTION_OPS = (24, 22)  # extra per layer, forward and backward, with transformers' eager attention
+EMULATED_QUANT_OPS = 199  # extra per layer forward on the host's emulated W4A8 base (unpack, dequantize, fake-quant)
+FUSED_QUANT_OPS = 7  # extra per layer forward with fused kernels: quantize each linear's input once
+ADAMW_OPS = {False: (2, 9), True: (11, 2)}  # (per step, per trainable tensor): per-tensor loop | foreach
+ZO_OPS_PER_TENSOR = 7  # per trainable tensor per SPSA direction: regenerate z and add it, four times
+
 
 def forward_cost(shape: ArchShape, kept: Kept, rank: int, targets: tuple[str, ...], tokens: int, seq_len: int,
                  kernels: Kernels, quantized: Quantized | None = None) -> WorkCost:
@@ -182,7 +219,45 @@ def forward_cost(shape: ArchShape, kept: Kept, rank: int, targets: tuple[str, ..
     v = shape.vocab_size
     c.gemm("lm_head", t, h, v, ab, kernels.weight_bytes, ab)
     c.elementwise_bytes += t * (RMSNORM * h + 2 * h) * ab + LOSS * t * v * 4  # final norm, embedding gather, loss
+    c.operators = forward_operators(shape, targets, kernels, quantized)
     return c
+
+
+def _lora_tensors(shape: ArchShape, targets: tuple[str, ...]) -> int:
+    return 2 * shape.num_layers * sum(1 for t in targets if t in PROJECTIONS)
+
+
+def forward_operators(shape: ArchShape, targets: tuple[str, ...], kernels: Kernels,
+                      quantized: Quantized | None = None) -> int:
+    """Operators one forward pass dispatches (embedding to loss): per layer, per LoRA target, once (``OPS``)."""
+    ops = OPS["mixed" if kernels.mixed else "fp32"]
+    n_targets = sum(1 for t in targets if t in PROJECTIONS)
+    layer = ops["fwd_layer"] + ops["fwd_target"] * n_targets
+    layer += EAGER_ATTENTION_OPS[0] if kernels.attention == "eager" else 0
+    if quantized is not None:
+        layer += EMULATED_QUANT_OPS if kernels.quant == "emulated" else FUSED_QUANT_OPS
+    return shape.num_layers * layer + ops["fwd_model"]
+
+
+def backward_operators(shape: ArchShape, targets: tuple[str, ...], kernels: Kernels) -> int:
+    """Operators one backward pass dispatches with a frozen base (``OPS``)."""
+    ops = OPS["mixed" if kernels.mixed else "fp32"]
+    n_targets = sum(1 for t in targets if t in PROJECTIONS)
+    layer = ops["bwd_layer"] + ops["bwd_target"] * n_targets
+    layer += EAGER_ATTENTION_OPS[1] if kernels.attention == "eager" else 0
+    return shape.num_layers * layer + ops["bwd_model"]
+
+
+def step_operators(shape: ArchShape, job: Job, kernels: Kernels) -> int:
+    """Operators one local step dispatches: forward(s), backward and AdamW, or ZeroQAT's forwards and its
+    perturbations (the structure is the same at every pruning level: pruning saves no operator)."""
+    fwd = forward_operators(shape, job.targets, kernels, job.quantized) * job.forwards_per_step
+    tensors = _lora_tensors(shape, job.targets)
+    if job.backprop:
+        per_step, per_tensor = ADAMW_OPS[kernels.foreach_optimizer]
+        return fwd + backward_operators(shape, job.targets, kernels) + per_step + per_tensor * tensors
+    directions = max(1, job.forwards_per_step // 2)
+    return fwd + ZO_OPS_PER_TENSOR * tensors * directions
 
 
 def backward_cost(shape: ArchShape, kept: Kept, rank: int, targets: tuple[str, ...], tokens: int, seq_len: int,
@@ -203,6 +278,7 @@ def backward_cost(shape: ArchShape, kept: Kept, rank: int, targets: tuple[str, .
     q, g = kept.q_heads * d, kept.kv_heads * d
     c.gemms["attention"] = [L * 2 * 4 * t * q * (seq_len + 1) / 2, L * 2 * t * (2 * q + 2 * g) * ab]
     c.gemm("dx.lm_head", t, shape.vocab_size, shape.hidden_size, ab, kernels.weight_bytes, ab)
+    c.operators = backward_operators(shape, targets, kernels)
     return c
 
 
@@ -217,10 +293,14 @@ def job_cost(shape: ArchShape, job: Job, kernels: Kernels) -> CostBreakdown:
         if job.backprop:
             out.backward += backward_cost(shape, kept, job.rank, job.targets, t, job.seq_len, kernels) \
                 .scaled(iterations)
-            out.update += WorkCost(elementwise_bytes=7 * 4 * lora * iterations)  # AdamW
+            per_step, per_tensor = ADAMW_OPS[kernels.foreach_optimizer]
+            out.update += WorkCost(elementwise_bytes=7 * 4 * lora * iterations,  # AdamW
+                                   operators=(per_step + per_tensor * _lora_tensors(shape, job.targets)) * iterations)
         else:
             directions = max(1, job.forwards_per_step // 2)
-            out.update += WorkCost(elementwise_bytes=4 * 4 * 4 * lora * directions * iterations)
+            out.update += WorkCost(elementwise_bytes=4 * 4 * 4 * lora * directions * iterations,
+                                   operators=ZO_OPS_PER_TENSOR * _lora_tensors(shape, job.targets) * directions
+                                   * iterations)
     return out
 
 
@@ -237,26 +317,99 @@ def structure_bytes(shape: ArchShape) -> int:
 
 # --------------------------------------------------------------------------------------------- memory
 def training_memory(shape: ArchShape, job: Job, kernels: Kernels) -> int:
-    """Peak bytes of the job: base weights (pruned, possibly packed), trainable state, and the activations
-    a backward pass keeps (per layer and token: norm inputs/outputs 4h, q/k/v (q+2g)d, attention output q*d
-    and its log-sum-exp, SwiGLU's three c, each LoRA target's r) or, forward-only, one layer's working set;
-    plus fp32 logits (and their gradient). The largest over the job's segments (the first: pruning only
-    shrinks it)."""
-    return max(_segment_memory(shape, kept, job, kernels) for _, kept in job.segments)
+    """Peak bytes of the job: the sum of :func:`memory_terms`, the largest over the job's segments (the first:
+    pruning only shrinks it)."""
+    return max(int(sum(memory_terms(shape, job, kernels, kept).values())) for _, kept in job.segments)
 
 
-def _segment_memory(shape: ArchShape, kept: Kept, job: Job, kernels: Kernels) -> int:
-    h, d, ab = shape.hidden_size, shape.head_dim, kernels.act_bytes
+# A GPU allocator's fixed working set at the peak: cuBLAS/cuBLASLt workspaces, which PyTorch allocates through its
+# CUDA caching allocator, and the allocator's block rounding. An estimate, not a source: the H200 measurements
+# (docs/cost_model.md) leave 0.02-0.07 GiB above the explicit terms at 8 x 64 tokens.
+DEVICE_ALLOCATOR_BYTES = 64 * 2**20
+# The host's glibc malloc keeps freed blocks in its heap (its mmap threshold rises to the largest block freed), so
+# a CPU step's resident peak is a multiple of its live bytes: this share of the transient terms on top. Measured
+# by ``python -m benchmarks.cost_model`` (``allocator_fraction``) at a point outside its memory grid.
+HOST_ALLOCATOR_FRACTION = 1.8
+# Logit-sized fp32 buffers alive at the loss (models/evaluation.py's next_token_stats): forward, the logits (in
+# the compute dtype), their fp32 contiguous copy (``.float()`` of the shifted slice, or the reshape's copy when
+# already fp32) and log-softmax's output (saved for backward); backward, that saved output, the gradient nll_loss
+# hands it and the gradient it returns. 12 bytes per logit either way (10 forward in a 2-byte dtype).
+LOSS_BYTES_PER_LOGIT = 12
+# Emulated W4A8 (the host's ZeroQAT path): fp32 transients while one linear is dequantized -- the codes as
+# float, minus zero, times scale -- 3 fp32 copies of the largest linear's weight.
+EMULATED_DEQUANT_COPIES = 3
+
+
+def saved_values_per_token(shape: ArchShape, kept: Kept, job: Job, kernels: Kernels) -> dict[int, float]:
+    """Values one decoder layer saves for backward per token, by bytes per value (counted with
+    ``torch.autograd.graph.saved_tensors_hooks`` on transformers' Llama layer with PEFT LoRA, all 7 targets).
+
+    fp32 (no autocast): the residual stream and norm outputs 4h, q/k/v and the attention output 2q+2g, the two
+    norms' rsqrt 2, SwiGLU's gate, up, silu(gate) and product 4c, each LoRA target's x@A r; SDPA also keeps its
+    log-sum-exp (one per query head), eager attention its scores, softmax and dropout outputs (3 x heads x s).
+    Mixed (autocast to a 2-byte dtype): the norms' fp32 inputs 2h, rsqrt 2 and the log-sum-exp stay fp32; the
+    rest is in the compute dtype, with the casts autocast makes on the way: 5h, 3q+2g, 4c, r per target (eager:
+    2q+2g, scores and dropout outputs 3 x heads x s, plus the fp32 softmax heads x s)."""
+    h, d, s, ab = shape.hidden_size, shape.head_dim, job.seq_len, kernels.act_bytes
+    q, g, c, heads = kept.q_heads * d, kept.kv_heads * d, kept.channels, kept.q_heads
+    lora = job.rank * sum(1 for t in job.targets if t in PROJECTIONS)
+    eager = kernels.attention == "eager"
+    if not kernels.mixed:
+        return {4: 4 * h + 2 * q + 2 * g + 2 + 4 * c + lora + (3 * heads * s if eager else heads)}
+    fp32 = 2 * h + 2 + (heads * s if eager else heads)
+    low = 5 * h + (2 * q + 2 * g + 3 * heads * s if eager else 3 * q + 2 * g) + 4 * c + lora
+    return {4: fp32, ab: low} if ab != 4 else {4: fp32 + low}
+
+
+def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None = None) -> dict[str, float]:
+    """The peak of one step at structure ``kept`` (default: the job's first segment), term by term, in bytes.
+
+    * ``base_weights``: the frozen base as stored -- ``weight_bytes`` per weight, or packed codes and group
+      scales for a quantized base (embedding and norms stay float).
+    * ``autocast_weight_copies`` (backprop, base stored wider than the compute dtype): autocast casts each
+      linear's weight for its matmul and the matmul saves that copy for the input gradient -- every linear but
+      layer 0's q/k/v (their input needs no gradient), the LM head, and the fp32 LoRA factors.
+    * ``adapter_state``: LoRA factors in fp32 with their gradient and AdamW's two moments (16 bytes each; the
+      previous step's gradients are still alive during the forward), or 4 bytes each for forward-only training.
+    * ``saved_activations`` (backprop): :func:`saved_values_per_token` x tokens x layers, plus the final norm's
+      saved input and the LM head's input.
+    * ``working_set`` (forward-only): what one layer's live activations (residual, norm output, q/k/v,
+      attention output, SwiGLU's four c and, on the emulated host path, that layer's dequantization) add beyond
+      the loss's buffers (the two are never live together).
+    * ``loss``: ``LOSS_BYTES_PER_LOGIT`` per logit (tokens x vocab).
+    * ``allocator``: ``kernels.allocator_bytes`` plus ``kernels.allocator_fraction`` of the transient terms.
+    """
+    kept = kept or job.segments[0][1]
+    h, d, ab, L = shape.hidden_size, shape.head_dim, kernels.act_bytes, shape.num_layers
     layer_linears = sum(i * o for i, o in shape.projections(kept).values())
-    rest = shape.num_params(kept) - shape.num_layers * layer_linears
+    rest = shape.num_params(kept) - L * layer_linears
     stored = _packed_bytes(layer_linears, job.quantized) if job.quantized else layer_linears * kernels.weight_bytes
-    weights = shape.num_layers * stored + rest * kernels.weight_bytes
     lora = shape.lora_params(kept, job.rank, list(job.targets))
-    t = job.tokens_per_step
+    t, v = job.tokens_per_step, shape.vocab_size
     q, g, ch = kept.q_heads * d, kept.kv_heads * d, kept.channels
-    logits = t * shape.vocab_size * 4
+    terms = {"base_weights": L * stored + rest * kernels.weight_bytes}
     if job.backprop:
-        saved = 4 * h + (q + 2 * g) + q + kept.q_heads + 3 * ch + job.rank * len(job.targets)
-        return int(weights + lora * 16 + shape.num_layers * t * saved * ab + 2 * logits)
-    working = 3 * h + q + 2 * g + 3 * ch + kept.q_heads * job.seq_len  # one layer at a time
-    return int(weights + lora * 4 + t * working * ab + logits)
+        copies = 0.0
+        if kernels.weight_bytes > ab:
+            first_qkv = sum(i * o for name, (i, o) in shape.projections(kept).items()
+                            if name in ("q_proj", "k_proj", "v_proj"))
+            copies += (L * layer_linears - first_qkv + v * h) * ab
+        if ab < 4:
+            copies += lora * ab
+        terms["autocast_weight_copies"] = copies
+        terms["adapter_state"] = lora * 16
+        per_token = sum(nbytes * n for nbytes, n in saved_values_per_token(shape, kept, job, kernels).items())
+        terms["saved_activations"] = L * t * per_token + t * h * (2 * 4 + ab)
+    else:
+        terms["adapter_state"] = lora * 4
+        layer = t * (3 * h + 2 * q + 2 * g + 4 * ch) * ab
+        if job.quantized is not None and kernels.quant == "emulated":
+            largest = max(i * o for i, o in shape.projections(kept).values())
+            widest = max(i for i, _ in shape.projections(kept).values())
+            layer += EMULATED_DEQUANT_COPIES * largest * 4 + 3 * t * widest * 4  # + smoothed, fake-quant input
+        terms["loss"] = LOSS_BYTES_PER_LOGIT * t * v
+        terms["working_set"] = max(layer - terms["loss"], 0.0)  # a layer's and the loss's never live together
+    terms["loss"] = LOSS_BYTES_PER_LOGIT * t * v
+    transient = sum(terms[k] for k in ("saved_activations", "working_set", "loss") if k in terms)
+    terms["allocator"] = kernels.allocator_bytes + kernels.allocator_fraction * transient
+    return terms

@@ -5,7 +5,8 @@
 * ``analytic`` (default): the cost model's FLOPs and memory traffic of the work on the priced model
   (fleet/cost_model.py) over the device's effective rates: matmul peak (INT8 for W4A8 kernels where the spec
   sheet gives one, else FP16) x the class's efficiency for the trainer, and DRAM bandwidth x its memory
-  efficiency. Bytes are the adapter at the priced model's shapes in ``cost.wire_bytes`` per value (a ZeroQAT
+  efficiency, plus every dispatched operator at the class's ``operator_us`` (the per-step overhead). Bytes are
+  the adapter at the priced model's shapes in ``cost.wire_bytes`` per value (a ZeroQAT
   seed upload is model-independent and counted as sent). Same work, same seconds, on any host.
 * ``host_scaled``: the host-measured compute scaled by host GEMM rate / device effective rate (the clock before
   the cost model; depends on host load), with the bytes actually sent.
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 from fleet.arch import ArchShape, Kept
 from fleet.clock import DeviceTime
-from fleet.cost_model import Job, Kernels, Quantized, adapter_bytes, job_cost, structure_bytes, training_memory
+from fleet.cost_model import (DEVICE_ALLOCATOR_BYTES, Job, Kernels, Quantized, adapter_bytes, job_cost, structure_bytes,
+                              training_memory)
 from fleet.devices import Device
 from pruning.schedule import segments
 from runconfig.schema import Settings
@@ -45,7 +47,10 @@ class Pricer:
         self.targets = tuple(settings.method.lora.target_modules)
         fs = settings.method.fedspine
         self.head_rule = fs.head_rule if fs is not None else "within_groups"
-        self.kernels = Kernels(act_bytes=2, weight_bytes=float(settings.model.param_bytes), quant="fused")
+        # a device's GPU: 2-byte compute, the base stored in param_bytes, AdamW's multi-tensor path, and the CUDA
+        # caching allocator's fixed working set (fleet/cost_model.py's DEVICE_ALLOCATOR_BYTES)
+        self.kernels = Kernels(act_bytes=2, weight_bytes=float(settings.model.param_bytes), quant="fused",
+                               foreach_optimizer=True, allocator_bytes=DEVICE_ALLOCATOR_BYTES)
 
     @property
     def label(self) -> str:
@@ -83,8 +88,10 @@ class Pricer:
         return device.profile.memory_bandwidth_gbps * 1e9 * device.profile.memory_efficiency
 
     def compute_seconds(self, device: Device, trainer: str, job: Job) -> float:
+        """Roofline of the job's matmuls and traffic plus its operators at the class's per-operator cost."""
         cost = job_cost(self.shape, job, self.kernels).total()
-        return cost.seconds(self.matmul_rate(device, trainer, job), self.bandwidth(device))
+        return cost.seconds(self.matmul_rate(device, trainer, job), self.bandwidth(device),
+                            device.profile.operator_us * 1e-6)
 
     def host_scaled_seconds(self, device: Device, trainer: str, host_compute_s: float, host_gflops: float) -> float:
         return host_compute_s * host_gflops / (device.profile.peak_gflops * device.profile.efficiency[trainer])

@@ -24,6 +24,7 @@ class DeviceClass:
     memory_bandwidth_gbps: float = MISSING  # DRAM bandwidth from the spec sheet (GB/s)
     memory_efficiency: float = 0.7  # achieved / peak DRAM bandwidth of streaming kernels
     efficiency: dict[str, float] = field(default_factory=dict)  # achieved / peak matmul rate, per trainer
+    operator_us: float = MISSING  # fixed cost per dispatched operator (framework + launch), microseconds
     memory_gb: float = MISSING
     usable_memory_fraction: float = 0.6  # left for training after the OS and other apps
     uplink_mbps: float = MISSING

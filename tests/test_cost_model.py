@@ -215,3 +215,108 @@ def test_two_runs_of_a_seed_give_the_same_simulated_clock(fast_overrides, tmp_pa
         strategy.start(InProcessGrid(to_plain(s), s.fleet.size), to_array_record(adapter_arrays(peft)), num_rounds=2)
         clocks.append([m["clock/sim_time_s"] for m in rounds])
     assert clocks[0] == clocks[1] and clocks[0][-1] > 1.0  # priced as SmolLM2-135M: seconds, not milliseconds
+
+
+# ------------------------------------------------------------------ per-step overhead and measured memory
+ALL7 = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _layers(n: int) -> ArchShape:
+    return ArchShape(f"l{n}", hidden_size=64, intermediate_size=96, num_layers=n, num_heads=2, num_kv_heads=1,
+                     head_dim=32, vocab_size=64)
+
+
+def test_operator_count_scales_with_layers_not_with_width_or_pruning():
+    from fleet.cost_model import step_operators
+
+    def ops(shape, level=0.0, **kw):
+        return step_operators(shape, Job(True, 4, ALL7, 2, 8, ((1, shape.kept(level)),), **kw), FP32)
+
+    per_layer = ops(_layers(4)) - ops(_layers(2))
+    assert per_layer > 0 and ops(_layers(8)) - ops(_layers(4)) == 2 * per_layer
+    wide = ArchShape("wide", hidden_size=1024, intermediate_size=4096, num_layers=4, num_heads=16, num_kv_heads=8,
+                     head_dim=64, vocab_size=5000)
+    assert ops(wide) == ops(_layers(4)) == ops(_layers(4), 0.5)  # the same operators, whatever their size
+    w4a8 = Quantized(weight_bits=4, group_size=32, act_bits=8)
+    zo_one = step_operators(_layers(4), Job(False, 4, ALL7, 2, 8, ((1, _layers(4).dense()),), 2, w4a8), FP32)
+    zo_two = step_operators(_layers(4), Job(False, 4, ALL7, 2, 8, ((1, _layers(4).dense()),), 4, w4a8), FP32)
+    assert zo_two > 2 * zo_one - 100  # two directions: four forwards and twice the perturbations
+    cost = job_cost(_layers(4), Job(True, 4, ALL7, 2, 8, ((3, _layers(4).dense()),)), FP32).total()
+    assert cost.operators == 3 * ops(_layers(4))
+    assert cost.seconds(1e12, 1e11, operator_s=1e-5) == pytest.approx(cost.seconds(1e12, 1e11) + 3e-5 * ops(_layers(4)))
+
+
+def test_operator_count_matches_what_a_real_step_dispatches():
+    """The structural count against every aten call of one real LoRA backprop step (forward, backward, AdamW)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import LlamaConfig
+
+    from fleet.cost_model import step_operators
+    from models.architectures import build_model
+    from models.evaluation import next_token_stats
+    from models.lora import attach_lora
+    from runconfig.schema import LoraConfig
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    for layers in (1, 3):
+        shape = _layers(layers)
+        config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                             num_attention_heads=2, num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)
+        model = attach_lora(build_model(config, 0), LoraConfig(rank=4, alpha=8.0, target_modules=list(ALL7)), 0, 4)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, foreach=False)
+        x = torch.randint(3, 64, (2, 8))
+
+        def step():
+            loss_sum, _, tokens = next_token_stats(model(input_ids=x).logits, x)
+            optimizer.zero_grad(set_to_none=True)
+            (loss_sum / tokens).backward()
+            optimizer.step()
+
+        step()  # AdamW's state exists from the second step on
+        Count.n = 0
+        with Count():
+            step()
+        counted = step_operators(shape, Job(True, 4, ALL7, 2, 8, ((1, shape.dense()),)), FP32)
+        assert counted == pytest.approx(Count.n, rel=0.1)
+
+
+# Peak memory of one LoRA backprop step (rank 8, all 7 projections) measured on an H200 (torch 2.11 + CUDA 13,
+# bf16 autocast, SDPA, random weights of the priced shapes; issue 21): GiB by (cost config, seq len, base bytes).
+H200_PEAK_GIB = {("smollm2-135m", 64, 4): 1.53, ("smollm2-135m", 512, 4): 6.21, ("qwen2.5-0.5b", 64, 4): 4.46,
+                 ("qwen2.5-0.5b", 512, 4): 15.44, ("llama-3.2-1b", 64, 4): 8.65, ("llama-3.2-1b", 512, 4): 20.03,
+                 ("smollm2-135m", 64, 2): 1.03, ("qwen2.5-0.5b", 64, 2): 2.61, ("llama-3.2-1b", 64, 2): 4.05}
+
+
+def test_memory_model_reproduces_the_measured_gpu_peaks():
+    """fp32 or bf16 base under bf16 autocast: the autocast weight copies, bf16 activations and fp32 loss buffers."""
+    from fleet.cost_model import DEVICE_ALLOCATOR_BYTES, training_memory
+    from fleet.pricing import priced_shape
+
+    for (cost, seq, base_bytes), measured in H200_PEAK_GIB.items():
+        shape = priced_shape(compose(["+fleet=8dev_test", f"cost={cost}"]), TOY)
+        gpu = Kernels(act_bytes=2, weight_bytes=base_bytes, foreach_optimizer=True,
+                      allocator_bytes=DEVICE_ALLOCATOR_BYTES)
+        predicted = training_memory(shape, Job(True, 8, ALL7, 8, seq, ((1, shape.dense()),)), gpu) / 2**30
+        assert 0.95 * measured <= predicted <= 1.25 * measured, (cost, seq, base_bytes, predicted, measured)
+
+
+def test_memory_prediction_covers_a_step_measured_in_a_fresh_process():
+    """Peak resident memory of a real backprop step (benchmarks/peak_memory.py) against the host's prediction."""
+    from benchmarks.peak_memory import llama_config, measure
+    from fleet.cost_model import HOST_ALLOCATOR_FRACTION, training_memory
+
+    spec = {"hidden": 128, "intermediate": 352, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 64, "vocab": 4096,
+            "batch": 4, "seq": 64, "trainer": "lora_backprop", "sparsity": 0.0, "rank": 4}
+    shape = ArchShape.from_hf_config(llama_config(spec), "probe")
+    host = Kernels(act_bytes=4, weight_bytes=4.0, quant="emulated", allocator_fraction=HOST_ALLOCATOR_FRACTION)
+    predicted = training_memory(shape, Job(True, 4, ALL7, 4, 64, ((1, shape.dense()),)), host)
+    measured = measure(spec, timeout=600)["measured_bytes"]
+    assert measured > shape.num_params() * 4  # the step holds at least the weights
+    assert predicted >= 0.95 * measured
