@@ -41,5 +41,6 @@ def flwr_run_overrides(run_config_overrides: str, run_id: int) -> list[str]:
 @app.main()
 def _main(grid: Grid, context: Context) -> None:
     given = str(context.run_config.get("overrides", ""))
-    source = ("flwr run (server.app:app)", f"flwr run . --run-config 'overrides=\"{given}\"' (Flower run {context.run_id})")
+    command = f"flwr run . --run-config 'overrides=\"{given}\"' (Flower run {context.run_id})"
+    source = ("flwr run (server.app:app)", command)
     run_server(grid, compose(flwr_run_overrides(given, context.run_id)), source=source)
