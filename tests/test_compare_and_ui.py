@@ -120,7 +120,11 @@ def mlflow_ui(comparison):
             browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a loaded machine: the server's workers are slow to go
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 @pytest.mark.browser
@@ -156,7 +160,10 @@ def test_printed_links_open_the_runs_list_and_a_filled_run_page(comparison, mlfl
     exp = client.get_experiment_by_name("cmp-test")
     child = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "fedavg_lora-seed0"][0]
     page.goto(ui_link(uri, exp.experiment_id).replace(ui_base(uri)[1], base), timeout=60000)
-    page.get_by_role("gridcell", name="fedavg_lora-seed0").first.wait_for(timeout=90000)  # a row of the Runs table
+    parent = page.get_by_role("gridcell", name="cmp-test").first  # the comparison's row in the Runs table
+    parent.wait_for(timeout=90000)
+    parent.locator("button").first.click()  # unfold its child runs
+    page.get_by_role("gridcell", name="fedavg_lora-seed0").first.wait_for(timeout=60000)
     page.screenshot(path=str(tmp_path / "mlflow_runs_list.png"), full_page=True)
     assert "workflowType=machine_learning" in page.url and "/runs" in page.url
     assert page.get_by_text("Evaluation runs").count() == 0  # the GenAI view's side bar is not shown
@@ -164,7 +171,8 @@ def test_printed_links_open_the_runs_list_and_a_filled_run_page(comparison, mlfl
     page.get_by_text("python -m simulations.run").first.wait_for(timeout=60000)  # Source
     page.get_by_text(child.data.tags["mlflow.user"], exact=True).first.wait_for(timeout=60000)  # Created by
     page.get_by_text("cost/bytes_up").first.wait_for(timeout=60000)  # the description's glossary
-    if page.get_by_text("Show more").count():
-        page.get_by_text("Show more").first.click()  # the whole description in the screenshot
     page.screenshot(path=str(tmp_path / "mlflow_run_page.png"), full_page=True)
+    if page.get_by_text("Show more").count():
+        page.get_by_text("Show more").first.click()  # the whole description
+        page.screenshot(path=str(tmp_path / "mlflow_run_description.png"), full_page=True)
     print(f"screenshots: {tmp_path}")
