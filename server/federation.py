@@ -87,7 +87,10 @@ def resume_state(strategy, resumed: ckpt.Checkpoint, history: History, progress:
     return last + 1
 
 
-def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Result:
+def run_server(grid: Grid, settings: Settings, show_progress: bool = True,
+               source: tuple[str, str] | None = None) -> Result:
+    """One run, start to end. ``source``: (program, full command) MLflow records as the run's source (default:
+    this process's)."""
     start = time.perf_counter()
     prepared = prepare(settings, show_progress=show_progress)
     peft_model = attach_lora(load_base_model(prepared.base_folder), settings.method.lora, settings.seed)
@@ -97,7 +100,7 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
     if resumed is not None:
         ckpt.check_compatible(resumed.settings, to_plain(settings))
         initial = to_array_record(resumed.arrays)
-    tracker = MlflowTracker(settings, run_id=resumed.mlflow_run_id if resumed else None)
+    tracker = MlflowTracker(settings, run_id=resumed.mlflow_run_id if resumed else None, source=source)
     history, progress = History(), RoundProgress(settings.rounds, enabled=show_progress)
     strategy = strategy_for(settings)(  # the method's strategy, with user-level DP when privacy.mode=user
         settings,
@@ -135,7 +138,7 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
         adapter_dir = scratch_dir() / "adapter"
         load_adapter_arrays(peft_model, from_array_record(result.arrays))
         peft_model.save_pretrained(str(adapter_dir))
-        tracker.log_dir(adapter_dir, "adapter")
+        tracker.log_adapter(adapter_dir)
     tracker.log_dict(summary, "summary.json")
     if strategy.fault_log:
         tracker.log_dict({"events": strategy.fault_log}, "faults.json")
@@ -143,4 +146,6 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True) -> Re
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if show_progress:
+        print(f"summary: {(out / 'summary.json').absolute()}\n{tracker.ui_hint()}", flush=True)
     return result

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import hydra
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from simulations import results_report
+from tracking.mlflow_tracker import EXPERIMENT_KIND, default_source, ui_hint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,11 +40,16 @@ class Job:
 def parent_run(client: MlflowClient, experiment: str) -> str:
     """The comparison's parent run (reused when a partial sweep resumes)."""
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, tags=dict([EXPERIMENT_KIND]))
     found = client.search_runs([exp_id], "tags.edgefleet_role = 'comparison'", max_results=1)
     if found:
         return found[0].info.run_id
-    return client.create_run(exp_id, run_name=experiment, tags={"edgefleet_role": "comparison"}).info.run_id
+    program, command = default_source()
+    tags = {**resolve_tags(), "mlflow.source.name": program, "command": command[:5000],
+            "edgefleet_role": "comparison",
+            "mlflow.note.content": "The comparison's parent run: one child run per (method, seed), its results "
+                                   "table (`results.md`) and plots (`plots/`)."}
+    return client.create_run(exp_id, run_name=experiment, tags=tags).info.run_id
 
 
 def run_job(job: Job, cfg: DictConfig, parent_id: str, out: Path) -> None:
@@ -81,6 +88,7 @@ def main(cfg: DictConfig) -> None:
     results_report.update_readme(REPO / cfg.readme_file, report)
     client.set_terminated(parent_id)
     print(f"done: {cfg.docs_file} (MLflow experiment '{cfg.experiment}', parent run {parent_id})")
+    print(ui_hint(cfg.tracking_uri, client.get_run(parent_id).info.experiment_id, parent_id))
     print(OmegaConf.to_yaml({"headline": report.headline}))
 
 

@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, DatasetPackageMissing, CheckpointError) as err:
         fail(str(err))
     launch_simulation(settings)
-    print(f"done: summary in {settings.output_dir}/summary.json; MLflow store {settings.tracking.uri}")
+    print("done")
 
 
 if __name__ == "__main__":
