@@ -214,6 +214,8 @@ class TrackingConfig:
     run_name: Optional[str] = None
     parent_run_id: Optional[str] = None  # set by simulations.compare: the comparison's parent run
     log_adapter: bool = True
+    generations: int = 3  # held-out prompts continued by the base and the final model (generations.md); 0: none
+    generation_tokens: int = 32  # new tokens per continuation (greedy)
 
 
 @dataclass
