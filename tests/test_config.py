@@ -38,7 +38,7 @@ def test_no_fleet_lists_the_fleets():
         (["rounds=0"], "rounds"),
         (["rounds=abc"], "rounds"),
         (["client.lr=-1"], "client.lr"),
-        (["model.num_kv_heads=3"], "model.num_kv_heads"),
+        (["model=tiny-llama", "model.num_kv_heads=3"], "model.num_kv_heads"),  # the sizes of a model built here
         (["fleet.classes.pixel_8.share=0.5"], "share"),
         (["fleet.link_spread=-0.1"], "fleet.link_spread"),
         (["method=fedspine", "method.fedspine.reward.time_reference=mean"], "method.fedspine.reward.time_reference"),
