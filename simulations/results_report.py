@@ -30,6 +30,7 @@ class RunCurves:
     peak_memory_mb: dict[str, float]  # per trainer
     arms: dict[str, dict[int, float]]  # "<class>/ratio|rank" -> step -> mean arm (when a method logs them)
     priced_as: str = "trained"  # the model simulated time and bytes are priced for (cost.priced_as, cost.clock)
+    model: str = "tiny-llama"  # the model that is fine-tuned (model.name; runs from before it was logged: tiny-llama)
 
 
 @dataclass
@@ -61,6 +62,7 @@ def load_curves(client: MlflowClient, method: str, seed: int, run_id: str) -> Ru
         arms={k.split("/", 1)[1]: _history(client, run_id, k) for k in keys if ARM_METRIC.match(k)},
         # runs from before the cost model carry no cost.* params: host-measured compute, the trained model
         priced_as=f"{params.get('cost.priced_as', 'trained')}, {params.get('cost.clock', 'host_scaled')} clock",
+        model=params.get("model.name", "tiny-llama"),
     )
 
 
@@ -175,7 +177,9 @@ def build(client: MlflowClient, summaries: dict, target_ppl: float | None, docs_
             report.figures.append(figures_dir / name)
 
     priced = ", ".join(sorted({c.priced_as for runs in by_method.values() for c in runs}))
-    rows = [f"| method | seeds | final perplexity | final accuracy | time to target (sim s, priced as {priced}) | "
+    trained = ", ".join(sorted({c.model for runs in by_method.values() for c in runs}))
+    rows = [f"| method | seeds | final perplexity ({trained} fine-tuned) | final accuracy | "
+            f"time to target (sim s, priced as {priced}) | "
             "MB moved | peak client worker RSS (MB) | epsilon |", "|---|---|---|---|---|---|---|---|"]
     for method, runs in sorted(by_method.items()):
         last = [c.ppl[max(c.ppl)] for c in runs]

@@ -6,8 +6,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Small, quick settings shared by tests that build real data and models.
-FAST = ["model.pretrain.steps=20", "model.pretrain.warmup_steps=2", "data.central_eval_windows=16"]
+# Small, quick settings shared by tests that build real data and models: the 3.4M tiny-llama, pretrained briefly
+# (the default run fine-tunes the real SmolLM2-135M, far too slow for the suite; tests/test_gguf_model.py covers it),
+# on the engine the tests were written for (the default is simulation=fast; tests that want it say so after these).
+FAST = ["model=tiny-llama", "simulation=ray", "model.pretrain.steps=20", "model.pretrain.warmup_steps=2",
+        "data.central_eval_windows=16"]
 
 
 @pytest.fixture(scope="session")

@@ -120,7 +120,7 @@ def _pricer_and_devices(overrides):
     from fleet.devices import build_fleet
     from fleet.pricing import Pricer
 
-    s = compose(["+fleet=8dev_test", *overrides])
+    s = compose(["+fleet=8dev_test", "simulation=ray", *overrides])  # measured clocks need unbatched devices
     return s, Pricer(s, TOY), build_fleet(s.fleet, s.seed)
 
 

@@ -58,6 +58,32 @@ def test_saved_adapter_loads_with_peft(finished_run, fast_overrides, tmp_path):
     assert any("lora_B" in name and p.abs().sum() > 0 for name, p in model.named_parameters())
 
 
+def test_generations_put_base_and_final_model_side_by_side(finished_run, fast_overrides, tmp_path):
+    from models.base_checkpoint import load_corpus
+    from models.generation import greedy, held_out_prompts
+
+    _, uri, _ = finished_run
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("edgefleet").experiment_id])
+    record = json.loads(open(client.download_artifacts(run.info.run_id, "generations.json", str(tmp_path))).read())
+    assert "| prompt | base model | fine-tuned" in open(
+        client.download_artifacts(run.info.run_id, "generations.md", str(tmp_path))).read()
+    settings = compose(["+fleet=8dev_test", *fast_overrides])
+    corpus = load_corpus(settings)
+    prompts = held_out_prompts(corpus, settings.tracking.generations)
+    assert [r["prompt"] for r in record["rows"]] == prompts and len(prompts) == 3
+    tok = corpus.tokenizer
+    held_out = tok.decode(corpus.global_test_ids.tolist())
+    assert all(p and p in held_out for p in prompts)  # taken from the held-out plays
+    # "base" is the base checkpoint's own greedy text, "fine_tuned" the logged final adapter's
+    base = load_base_model(base_dir(settings))
+    assert [greedy(base, tok, p, record["max_new_tokens"]) for p in prompts] == [r["base"] for r in record["rows"]]
+    tuned = PeftModel.from_pretrained(load_base_model(base_dir(settings)),
+                                      client.download_artifacts(run.info.run_id, "adapter", str(tmp_path / "a")))
+    assert [greedy(tuned, tok, p, record["max_new_tokens"]) for p in prompts] == [
+        r["fine_tuned"] for r in record["rows"]]
+
+
 def test_console_is_a_progress_bar_not_a_log_wall(finished_run):
     _, _, proc = finished_run
     text = proc.stdout + proc.stderr

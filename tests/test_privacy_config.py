@@ -25,7 +25,7 @@ pytestmark = pytest.mark.privacy
 )
 def test_bad_privacy_config_is_a_config_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        compose(["+fleet=8dev_test", "method=dp_dylora", *overrides])
+        compose(["+fleet=8dev_test", "simulation=ray", "method=dp_dylora", *overrides])
 
 
 def test_good_config_resolves_delta_and_calibrates_sigma():

@@ -84,7 +84,7 @@ def test_cohort_batching_gives_the_plain_paths_adapters(fast_overrides, tmp_path
 ])
 def test_fast_path_config_is_validated(extra, message):
     with pytest.raises(ConfigError, match=message):
-        compose(["+fleet=8dev_test", "tracking.uri=sqlite:///x.db", *extra])
+        compose(["+fleet=8dev_test", "simulation=ray", "tracking.uri=sqlite:///x.db", *extra])
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -93,7 +93,7 @@ def test_fast_path_config_is_validated(extra, message):
 ])
 def test_worker_count_is_validated(extra, message):
     with pytest.raises(ConfigError, match=message):
-        compose(["+fleet=8dev_test", "tracking.uri=sqlite:///x.db", *extra])
+        compose(["+fleet=8dev_test", "simulation=ray", "tracking.uri=sqlite:///x.db", *extra])
 
 
 def test_fast_preset_workers_and_bf16(fast_overrides, tmp_path):
