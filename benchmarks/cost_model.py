@@ -120,7 +120,8 @@ def operator_cost(rates: dict) -> dict:
         excess.append(measured - cost.seconds(rates["host_gflops"] * 1e9, rates["host_gbps"] * 1e9))
     slope, intercept = np.polyfit(ops, excess, 1)
     return {"operator_s": float(slope), "operator_fit_intercept_s": float(intercept),
-            "operator_fit": [{"layers": n, "operators": o, "excess_s": e} for n, o, e in zip(OPERATOR_LAYERS, ops, excess)]}
+            "operator_fit": [{"layers": n, "operators": o, "excess_s": e}
+                             for n, o, e in zip(OPERATOR_LAYERS, ops, excess)]}
 
 
 def pruned(base, level: float, seed: int = 0):
@@ -402,7 +403,8 @@ def write(result: dict) -> str:
         f"{result['deterministic_sim_time']} (per-round clock/sim_time_s {result['sim_time_run1']} vs "
         f"{result['sim_time_run2']}).",
         "",
-        "| model | params | kept | rank | sparsity | trainer | operators | roofline s | predicted s | measured s | rel. error |",
+        "| model | params | kept | rank | sparsity | trainer | operators | roofline s | predicted s | measured s "
+        "| rel. error |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
