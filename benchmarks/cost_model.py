@@ -396,7 +396,9 @@ def write(result: dict) -> str:
         "`Kernels(act_bytes=4, weight_bytes=4, quant=\"emulated\")`: roofline + operators x per-operator cost; "
         "nothing is fitted to the grid.",
         "",
-        f"Host load when measured: {result.get('load', 'not recorded')}.",
+        f"Host load when measured: {result.get('load', 'not recorded')}."
+        + ("" if op is not None else " **These step times predate the per-step overhead term** (roofline only, "
+           "no operator count): rerun `python -m benchmarks.cost_model --skip-memory` on a quiet machine."),
         "",
         f"**Median |relative error|: {100 * result['median_abs_error']:.1f}%** ({by_trainer}). "
         f"Deterministic simulated clock (+fleet=80dev priced as SmolLM2-135M, same seed, run twice): "
