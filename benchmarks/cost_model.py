@@ -120,7 +120,8 @@ def operator_cost(rates: dict) -> dict:
         excess.append(measured - cost.seconds(rates["host_gflops"] * 1e9, rates["host_gbps"] * 1e9))
     slope, intercept = np.polyfit(ops, excess, 1)
     return {"operator_s": float(slope), "operator_fit_intercept_s": float(intercept),
-            "operator_fit": [{"layers": n, "operators": o, "excess_s": e} for n, o, e in zip(OPERATOR_LAYERS, ops, excess)]}
+            "operator_fit": [{"layers": n, "operators": o, "excess_s": e}
+                             for n, o, e in zip(OPERATOR_LAYERS, ops, excess)]}
 
 
 def pruned(base, level: float, seed: int = 0):
@@ -236,11 +237,39 @@ def memory_job(spec: dict, trainer: str, level: float, batch: int, seq: int):
                       quantized=None if backprop else Quantized(qspec.w_bits, zcfg.group_size, qspec.a_bits))
 
 
+MEMORY_CACHE: Path | None = None  # --memory-cache: measured points by spec (JSON lines), reused by a rerun
+
+
+CACHED_ONLY = False  # --memory-cached-only
+
+
+def _cached(spec: dict, trainer: str, level: float, batch: int, seq: int, threads: int) -> dict | None:
+    full = {**spec, "batch": batch, "seq": seq, "trainer": trainer, "sparsity": level, "rank": MEMORY_RANK,
+            "threads": threads}
+    key = json.dumps(full, sort_keys=True)
+    if MEMORY_CACHE is not None and MEMORY_CACHE.exists():
+        for line in MEMORY_CACHE.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["spec"] == key:
+                return entry["result"]
+    return None
+
+
 def _measure_point(spec: dict, trainer: str, level: float, batch: int, seq: int, threads: int) -> dict:
     from benchmarks.peak_memory import measure
 
-    return measure({**spec, "batch": batch, "seq": seq, "trainer": trainer, "sparsity": level, "rank": MEMORY_RANK,
-                    "threads": threads})
+    full = {**spec, "batch": batch, "seq": seq, "trainer": trainer, "sparsity": level, "rank": MEMORY_RANK,
+            "threads": threads}
+    key = json.dumps(full, sort_keys=True)
+    cached = _cached(spec, trainer, level, batch, seq, threads)
+    if cached is not None:
+        return cached
+    result = measure(full)
+    if MEMORY_CACHE is not None:
+        MEMORY_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        with MEMORY_CACHE.open("a") as f:
+            f.write(json.dumps({"spec": key, "result": result}) + "\n")
+    return result
 
 
 TRANSIENT_TERMS = ("saved_activations", "working_set", "loss")
@@ -251,19 +280,23 @@ def host_allocator_fraction(threads: int) -> dict:
     trainers; the larger is kept): measured peak over the cost model's bytes, beyond the persistent terms."""
     from fleet.cost_model import Kernels, memory_terms
 
+    from concurrent.futures import ThreadPoolExecutor
+
     name, spec, batch, seq = ALLOCATOR_POINT
+    trainers = ("lora_backprop", "zeroqat")
+    with ThreadPoolExecutor(2) as pool:
+        measured = list(pool.map(lambda tr: _measure_point(spec, tr, 0.0, batch, seq, threads), trainers))
     out = {}
-    for trainer in ("lora_backprop", "zeroqat"):
+    for trainer, m in zip(trainers, measured):
         shape, job = memory_job(spec, trainer, 0.0, batch, seq)
         terms = memory_terms(shape, job, Kernels(**HOST_KERNELS))
         transient = sum(terms.get(k, 0.0) for k in TRANSIENT_TERMS)
-        measured = _measure_point(spec, trainer, 0.0, batch, seq, threads)["measured_bytes"]
-        out[trainer] = (measured - (sum(terms.values()) - transient)) / transient - 1.0
+        out[trainer] = (m["measured_bytes"] - (sum(terms.values()) - transient)) / transient - 1.0
     return {"allocator_point": f"{name} {batch}x{seq}", "allocator_fraction_by_trainer": out,
             "allocator_fraction": max(out.values())}
 
 
-def memory_grid(threads: int, allocator_fraction: float, quick: bool = False) -> list[dict]:
+def memory_grid(threads: int, allocator_fraction: float, quick: bool = False, jobs: int = 1) -> list[dict]:
     from fleet.cost_model import Kernels, memory_terms, training_memory
 
     kernels = Kernels(**HOST_KERNELS, allocator_fraction=allocator_fraction)
@@ -271,10 +304,16 @@ def memory_grid(threads: int, allocator_fraction: float, quick: bool = False) ->
     tokens = MEMORY_TOKENS[:1] if quick else MEMORY_TOKENS
     grid = [(n, b, s, tr, lv) for n in shapes for b, s in tokens for tr in ("lora_backprop", "zeroqat")
             for lv in ((0.0,) if quick else SPARSITIES)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    if CACHED_ONLY:  # report what an interrupted run measured (the table says how many points of the grid)
+        grid = [g for g in grid if _cached(shapes[g[0]], g[3], g[4], g[1], g[2], threads) is not None]
+    with ThreadPoolExecutor(jobs) as pool:  # each point is its own process: only the peak RSS is read
+        futures = [pool.submit(_measure_point, shapes[n], tr, lv, b, s, threads) for n, b, s, tr, lv in grid]
+        results = [f.result() for f in tqdm(futures, desc="memory points")]
     points = []
-    for name, batch, seq, trainer, level in tqdm(grid, desc="memory points"):
+    for (name, batch, seq, trainer, level), measured in zip(grid, results):
         shape, job = memory_job(shapes[name], trainer, level, batch, seq)
-        measured = _measure_point(shapes[name], trainer, level, batch, seq, threads)
         predicted = training_memory(shape, job, kernels)
         points.append({"model": name, "tokens": f"{batch}x{seq}", "trainer": trainer, "sparsity": level,
                        "rank": MEMORY_RANK, "predicted_bytes": predicted, "measured_bytes": measured["measured_bytes"],
@@ -357,14 +396,17 @@ def write(result: dict) -> str:
         "`Kernels(act_bytes=4, weight_bytes=4, quant=\"emulated\")`: roofline + operators x per-operator cost; "
         "nothing is fitted to the grid.",
         "",
-        f"Host load when measured: {result.get('load', 'not recorded')}.",
+        f"Host load when measured: {result.get('load', 'not recorded')}."
+        + ("" if op is not None else " **These step times predate the per-step overhead term** (roofline only, "
+           "no operator count): rerun `python -m benchmarks.cost_model --skip-memory` on a quiet machine."),
         "",
         f"**Median |relative error|: {100 * result['median_abs_error']:.1f}%** ({by_trainer}). "
         f"Deterministic simulated clock (+fleet=80dev priced as SmolLM2-135M, same seed, run twice): "
         f"{result['deterministic_sim_time']} (per-round clock/sim_time_s {result['sim_time_run1']} vs "
         f"{result['sim_time_run2']}).",
         "",
-        "| model | params | kept | rank | sparsity | trainer | operators | roofline s | predicted s | measured s | rel. error |",
+        "| model | params | kept | rank | sparsity | trainer | operators | roofline s | predicted s | measured s "
+        "| rel. error |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
@@ -387,6 +429,7 @@ def write(result: dict) -> str:
             + ", ".join(f"{k} {v:.2f}" for k, v in frac.items())
             + f"; the larger, **{result['allocator_fraction']:.2f}**, is `Kernels.allocator_fraction` for the host.",
             "",
+            f"Points measured: {len(result['memory_points'])} of the grid's {result.get('memory_grid_size', '?')}. "
             f"**Worst under-prediction: {100 * result['memory_max_under']:.1f}%**; worst over-prediction "
             f"{100 * result['memory_max_over']:.1f}% (target: never under by more than 5%, at most 25% over).",
             "",
@@ -406,14 +449,22 @@ MEMORY_TERM_ORDER = ("base_weights", "adapter_state", "saved_activations", "work
 
 
 def main() -> dict:
+    global MEMORY_CACHE, OUT, CACHED_ONLY
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 size x 1 rank x 1 sparsity (smoke test)")
     parser.add_argument("--skip-determinism", action="store_true")
     parser.add_argument("--memory-only", action="store_true", help="only the memory points (keeps the time results)")
     parser.add_argument("--skip-memory", action="store_true", help="only the step times (keeps the memory results)")
+    parser.add_argument("--memory-jobs", type=int, default=1, help="memory points measured at once (processes)")
+    parser.add_argument("--memory-cache", type=Path, default=None,
+                        help="JSON-lines file of measured memory points, reused when the same point is asked again")
     parser.add_argument("--cache-dir", default="/tmp/edgefleet-bench-cache")
+    parser.add_argument("--memory-cached-only", action="store_true",
+                        help="report only the memory points already in --memory-cache (an interrupted run)")
+    parser.add_argument("--out", type=Path, default=OUT, help="where cost_model.{md,json} go (merged into those)")
     args = parser.parse_args()
+    MEMORY_CACHE, OUT, CACHED_ONLY = args.memory_cache, args.out, args.memory_cached_only
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers/PEFT deprecation notices
     torch.set_num_threads(args.threads)
     new = {}
@@ -421,9 +472,10 @@ def main() -> dict:
         new.update(time_results(args))
     if not args.skip_memory:
         allocator = host_allocator_fraction(args.threads)
-        points = memory_grid(args.threads, allocator["allocator_fraction"], args.quick)
+        points = memory_grid(args.threads, allocator["allocator_fraction"], args.quick, args.memory_jobs)
         errors = [p["rel_error"] for p in points]
-        new.update(allocator, memory_points=points, memory_max_under=max(0.0, -min(errors)),
+        new.update(allocator, memory_points=points, memory_grid_size=len(MEMORY_SHAPES) * len(MEMORY_TOKENS) * 2
+                   * len(SPARSITIES), memory_max_under=max(0.0, -min(errors)),
                    memory_max_over=max(0.0, max(errors)))
     previous = OUT / "cost_model.json"  # read now: a part run keeps the other part's results
     result = {**(json.loads(previous.read_text()) if previous.exists() else {}), **new}

@@ -1,9 +1,12 @@
 """Analytic cost of a device's local training: matmul FLOPs, memory traffic, bytes on the wire, peak memory.
 
 Deterministic functions of the priced model's shape (fleet/arch.py) and the work (trainer, LoRA rank and
-targets, tokens, pruning level per iteration); nothing measured. Device time is then a roofline per matmul kind:
+targets, tokens, pruning level per iteration); nothing is measured at pricing time (the operator counts and the
+allocator constants below were counted or measured once). Device time is a roofline per matmul kind plus a
+per-operator overhead:
 
     seconds = sum over matmuls of max(flops / matmul_rate, operand bytes / bandwidth) + elementwise_bytes / bandwidth
+              + operators x operator_s
 
 with ``matmul_rate`` = peak x efficiency for the precision and trainer (conf/device/*.yaml) and ``bandwidth``
 the device's memory bandwidth. What is counted (per token unless said otherwise; T tokens, s sequence length,
@@ -329,7 +332,7 @@ DEVICE_ALLOCATOR_BYTES = 64 * 2**20
 # The host's glibc malloc keeps freed blocks in its heap (its mmap threshold rises to the largest block freed), so
 # a CPU step's resident peak is a multiple of its live bytes: this share of the transient terms on top. Measured
 # by ``python -m benchmarks.cost_model`` (``allocator_fraction``) at a point outside its memory grid.
-HOST_ALLOCATOR_FRACTION = 1.8
+HOST_ALLOCATOR_FRACTION = 1.76  # backprop 1.76, ZeroQAT 1.42 at llama-384x6, 8 x 128 tokens (2026-12-04)
 # Logit-sized fp32 buffers alive at the loss (models/evaluation.py's next_token_stats): forward, the logits (in
 # the compute dtype), their fp32 contiguous copy (``.float()`` of the shifted slice, or the reshape's copy when
 # already fp32) and log-softmax's output (saved for backward); backward, that saved output, the gradient nll_loss

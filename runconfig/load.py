@@ -66,7 +66,8 @@ def validate(s: Settings) -> None:
         _require(c.peak_int8_gops is None or c.peak_int8_gops > 0, f"{key}.peak_int8_gops", "must be > 0 or null",
                  "take it from the spec sheet, or null to use peak_gflops")
         _require(0 < c.memory_efficiency <= 1, f"{key}.memory_efficiency", "must be in (0, 1]", "e.g. 0.7")
-        _require(0 <= c.operator_us < 1e5, f"{key}.operator_us", f"must be in [0, 1e5) microseconds (got {c.operator_us})",
+        _require(0 <= c.operator_us < 1e5, f"{key}.operator_us",
+                 f"must be in [0, 1e5) microseconds (got {c.operator_us})",
                  "e.g. 30 (docs/cost_model.md: per-step overhead)")
         for trainer, eff in c.efficiency.items():
             _require(0 < eff <= 1, f"{key}.efficiency.{trainer}", f"must be in (0, 1] (got {eff})", "e.g. 0.25")

@@ -191,6 +191,8 @@ def test_bad_cost_configs_name_the_key():
         compose(["+fleet=8dev_test", "cost=smollm2-135m", "cost.shape.num_key_value_heads=2"])
     with pytest.raises(ConfigError, match="efficiency"):
         compose(["+fleet=8dev_test", "~fleet.classes.pixel_8.efficiency.zeroqat"])
+    with pytest.raises(ConfigError, match="fleet.classes.pixel_8.operator_us"):
+        compose(["+fleet=8dev_test", "fleet.classes.pixel_8.operator_us=-1"])
 
 
 def test_two_runs_of_a_seed_give_the_same_simulated_clock(fast_overrides, tmp_path):
