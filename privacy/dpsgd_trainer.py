@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.runtime import DeviceData
-from client.trainers.base import TrainResult
+from client.trainers.base import TrainResult, loss_metrics
 from models.lora import adapter_arrays
 from protocol.messages import Work
 
@@ -79,6 +79,7 @@ class LoraDpSgdTrainer:
             adapter=adapter_arrays(model),
             num_examples=n,
             metrics={
+                **loss_metrics(losses),
                 "train_loss": sum(losses) / max(len(losses), 1),
                 "compute_s": time.perf_counter() - start,
                 "dp_record_steps": float(steps),

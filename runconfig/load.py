@@ -246,6 +246,12 @@ def _validate_rounds_and_faults(s: Settings) -> None:
     _require(v.norm_outlier_factor is None or v.norm_outlier_factor > 1, "validation.norm_outlier_factor",
              "must be > 1 or null", "e.g. 100")
     _require(v.max_message_mb > 0, "validation.max_message_mb", "must be > 0", "e.g. 64")
+    _require(v.norm_bound_factor is None or v.norm_bound_factor >= 1, "validation.norm_bound_factor",
+             "must be >= 1 or null", "e.g. 100 (null: no default bound)")
+    _require(v.max_loss_rise is None or v.max_loss_rise > 0, "validation.max_loss_rise", "must be > 0 or null",
+             "e.g. 3.0 (nats)")
+    _require(v.max_examples is None or v.max_examples >= 1, "validation.max_examples", "must be >= 1 or null",
+             "null (the simulated device's windows) or a deployment's largest device dataset")
     a = s.aggregation
     rules = ("mean", "krum", "multikrum", "trimmed_mean")
     _require(a.rule in rules, "aggregation.rule", f"unknown '{a.rule}'", ", ".join(rules))
