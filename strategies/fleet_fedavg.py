@@ -78,6 +78,7 @@ class RoundLedger:
     work: dict[int, Work] = field(default_factory=dict)  # device index -> the work it was sent (priced from it)
     failing: set[int] = field(default_factory=set)  # device indices that fail mid-training (never sent)
     checked: Checked = field(default_factory=Checked)  # validation of the replies
+    norm_bound: float | None = None  # the round's default absolute bound on a delta's L2 norm
 
 
 class FleetFedAvg(Strategy):
@@ -267,6 +268,7 @@ class FleetFedAvg(Strategy):
         """Weight caps, the default absolute norm bound and the expansion hook of this round's validation."""
         bound = default_norm_bound(self.settings.validation.norm_bound_factor, delta_norm(self._global),
                                    self.norm_history, self.norm_floor())
+        self._ledger.norm_bound = bound
         return RoundLimits(max_examples=self.max_examples, expand=self.expand_update, norm_bound=bound)
 
     def update_reference(self, update: Update) -> dict[str, np.ndarray]:
@@ -352,7 +354,11 @@ class FleetFedAvg(Strategy):
             return None, MetricRecord(metrics)
         updates = [u for u, _, _ in kept]
         new_global = apply_delta(self._global, self.aggregate_updates(server_round, updates))
-        self.norm_history = (self.norm_history + [float(np.median([delta_norm(u.delta) for u in updates]))])[-5:]
+        norms = [delta_norm(u.delta) for u in updates]
+        self.norm_history = (self.norm_history + [float(np.median(norms))])[-5:]
+        if ledger.norm_bound is not None:  # how far honest deltas stay below the default bound (docs/faults.md)
+            metrics["validation/norm_bound"] = ledger.norm_bound
+            metrics["validation/update_norm_max"] = max(norms)
         self.model_version += 1
         weights = np.array([u.num_examples for u in updates], dtype=float)
         metrics.update({
