@@ -170,8 +170,8 @@ are real simulations of the tiny Llama (`model=tiny-llama`, 20 pretraining steps
 |---|---|
 {chr(10).join(rows)}
 
-* `cases_tried`: hostile replies sent ({result['cases_per_mutation']} draws of each of {len(result['accepted_by_mutation'])}
-  mutations, in rounds with 0 to 4 honest devices); `cases_accepted`: those that got into an aggregate;
+* `cases_tried`: hostile replies sent ({result['cases_per_mutation']} draws of each of
+  {len(result['accepted_by_mutation'])} mutations, in rounds with 0 to 4 honest devices); `cases_accepted`: those that got into an aggregate;
   `server_exceptions`: those that raised out of the strategy.
 * Rejections by reason: {reasons}.
 * `honest_rejected`: of {result['honest_replies']} honest replies (cohorts of 1 to 80, a quarter of the rounds

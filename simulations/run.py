@@ -63,8 +63,8 @@ def _group_problem(arg: str, multirun: bool) -> str | None:
     options = available(group)
     for option in value.split(",") if multirun else [value]:
         if option.strip() not in options:
-            return (f"config key '{group}': unknown option '{option}'. Fix: one of {', '.join(options)} "
-                    f"(conf/{group}/)" + ("; a fleet is appended with '+', e.g. +fleet=80dev" if group == "fleet" else ""))
+            hint = "; a fleet is appended with '+', e.g. +fleet=80dev" if group == "fleet" else ""
+            return f"config key '{group}': unknown option '{option}'. Fix: one of {', '.join(options)} (conf/{group}/){hint}"
     return None
 
 

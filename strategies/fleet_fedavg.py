@@ -50,7 +50,14 @@ from protocol.messages import (
 from runconfig.schema import Settings
 from strategies import robust_aggregation
 from strategies.aggregation import apply_delta
-from strategies.update_validation import Checked, ReplyRejected, RoundLimits, UpdateValidator, default_norm_bound, delta_norm
+from strategies.update_validation import (
+    Checked,
+    ReplyRejected,
+    RoundLimits,
+    UpdateValidator,
+    default_norm_bound,
+    delta_norm,
+)
 from zeroqat import upload
 from zeroqat.spsa import step_seeds
 
