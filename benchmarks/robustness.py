@@ -185,6 +185,10 @@ are real simulations of the tiny Llama (`model=tiny-llama`, 20 pretraining steps
 Round 1, then `resume=<checkpoint>` to round 2, against 2 rounds uninterrupted; compared: the final adapter
 bit for bit and the histories of {', '.join(f'`{k}`' for k in COMPARED)}.
 
+Made with `--samplings poisson` on a loaded 2-core host (each simulation took about 8 minutes); the default
+`--samplings poisson,fixed` runs both. Fixed cohorts are also checked at the strategy level, through a
+checkpoint file, by tests/test_robustness.py (same cohorts, noise and epsilon; no noise draw reused).
+
 | sampling | same final adapter | differing metrics | epsilon at the end | honest replies rejected | largest honest delta / default bound |
 |---|---|---|---|---|---|
 {resume}
