@@ -157,6 +157,10 @@ def write(result: dict) -> None:
     resume = "\n".join(f"| {r['sampling']} | {r['same_adapter']} | {', '.join(r['differing_metrics']) or 'none'} | "
                        f"{r['epsilon']:.4g} | {r['real_run_rejected']} | {r['honest_norm_over_bound']:.3g} |"
                        for r in result["resume_runs"])
+    note = "" if len(result["resume_runs"]) > 1 else (
+        f"Made with `--samplings {','.join(r['sampling'] for r in result['resume_runs'])}`; the default "
+        "`--samplings poisson,fixed` runs both. Fixed cohorts are also checked at the strategy level, through a\n"
+        "checkpoint file, by tests/test_robustness.py (same cohorts, noise and epsilon; no noise draw reused).\n\n")
     reasons = ", ".join(f"`{k}` {v}" for k, v in result["rejections_by_reason"].items())
     md = f"""# Robustness: hostile replies, honest replies, a resumed DP run
 
@@ -185,11 +189,7 @@ are real simulations of the tiny Llama (`model=tiny-llama`, 20 pretraining steps
 Round 1, then `resume=<checkpoint>` to round 2, against 2 rounds uninterrupted; compared: the final adapter
 bit for bit and the histories of {', '.join(f'`{k}`' for k in COMPARED)}.
 
-Made with `--samplings poisson` on a loaded 2-core host (each simulation took about 8 minutes); the default
-`--samplings poisson,fixed` runs both. Fixed cohorts are also checked at the strategy level, through a
-checkpoint file, by tests/test_robustness.py (same cohorts, noise and epsilon; no noise draw reused).
-
-| sampling | same final adapter | differing metrics | epsilon at the end | honest replies rejected | largest honest delta / default bound |
+{note}| sampling | same final adapter | differing metrics | epsilon at the end | honest replies rejected | largest honest delta / default bound |
 |---|---|---|---|---|---|
 {resume}
 """
