@@ -194,7 +194,7 @@ def _validate_paths(s: Settings) -> None:
     if path is not None:
         folder = Path(path).expanduser()
         _require(bool(path.strip()), "model.name_or_path", "is empty", "a model folder or a Hub id (org/name)")
-        if _looks_local(path) or folder.exists():
+        if (_looks_local(path) or folder.exists()) and not (folder.is_file() and folder.suffix == ".gguf"):
             _require(folder.is_dir(), "model.name_or_path", f"no model folder at {path}",
                      "a folder written by transformers' save_pretrained (config.json, weights, tokenizer), or a "
                      "Hub id such as Qwen/Qwen2.5-0.5B")
