@@ -33,7 +33,7 @@ from torch import nn
 from client.device_detect import attention_for, autocast_dtype, base_dtype, hold_frozen_in
 from client.fused_ops import (SharedCast, add_multi_lora, multi_lora_linear, token_cross_entropy,
                               use_frozen_rms_norms)
-from client.trainers.base import TrainResult, batch_indices
+from client.trainers.base import TrainResult, batch_indices, loss_metrics
 from models.base_checkpoint import base_dir, load_base_model
 from models.lora import peft_config
 from protocol.work import Work
@@ -299,7 +299,7 @@ def train_cohort_zeroqat(runtime, works: list[Work], received: list[dict[str, np
         seed_upload = upload.encode(seeds[j], grads[j])
         if cfg.seed_upload:
             adapter = upload.replay_adapter(received[j], seed_upload, cfg.lr, cfg.lr_schedule)
-        metrics = {"train_loss": float(np.mean(losses[j])), "compute_s": compute_s / k,
+        metrics = {**loss_metrics(losses[j]), "compute_s": compute_s / k,
                    "zo_grad_abs_mean": float(np.abs(grads[j]).mean()),
                    "adapter_bytes": float(sum(v.nbytes for v in adapter.values())),
                    "seed_bytes": float(sum(v.nbytes for v in seed_upload.values())), "batched_devices": float(k)}
@@ -346,12 +346,14 @@ def train_cohort(runtime, works: list[Work], received: list[dict[str, np.ndarray
     compute_s = time.perf_counter() - start
     model.eval()
     per_device = torch.stack(losses).mean(0).tolist()
+    per_step = torch.stack(losses).tolist()  # steps x devices
     adapters = holder.adapters(k)
     holder.release()
     return [
         TrainResult(adapter=adapters[i], num_examples=len(data[i].train_inputs),
                     # compute_s: the device's share of the batched step (cost.clock=analytic does not read it)
-                    metrics={"train_loss": per_device[i], "compute_s": compute_s / k, "batched_devices": float(k)})
+                    metrics={**loss_metrics([row[i] for row in per_step]), "train_loss": per_device[i],
+                             "compute_s": compute_s / k, "batched_devices": float(k)})
         for i in range(k)
     ]
 

@@ -96,6 +96,16 @@ class UserLevelDP:
         return work
 
     # ------------------------------------------------------------- aggregation
+    def norm_floor(self) -> float:
+        """With client-side noise an honest delta carries its noise share (norm ~ std x sqrt(size)): the default
+        norm bound must not reject it, whatever the adapter's own norm."""
+        floor = super().norm_floor()
+        if self.privacy.noise_placement == "client":
+            plan, size = self.privacy_plan, sum(v.size for v in self._global.values())
+            share = plan.sigma * plan.clip_norm / math.sqrt(max(self._dp_sent, 1))
+            floor = max(floor, plan.clip_norm + 2 * share * math.sqrt(size))
+        return floor
+
     def aggregate_updates(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
         plan = self.privacy_plan
         client_side = self.privacy.noise_placement == "client"
@@ -118,7 +128,7 @@ class UserLevelDP:
             compose = getattr(self, "compose_global", None)  # e.g. DP-DyLoRA: round-rank slice -> full adapter
             arrays = to_array_record(compose(released) if compose else released)
         if self.privacy.record.enabled:
-            metrics.update(self._record_level(replies))
+            metrics.update(self._record_level([u for u, _ in self._ledger.checked.accepted]))
         metrics.update(self.privacy_metrics())
         self._save_privacy_state()
         return arrays, MetricRecord(metrics)
@@ -135,15 +145,20 @@ class UserLevelDP:
             "privacy/budget_exhausted": float(self._dp_exhausted),
         }
 
-    def _record_level(self, replies: list[Message]) -> dict[str, float]:
-        """Compose each device's record-level DP-SGD steps in its own Opacus accountant."""
+    def _record_level(self, updates: list[Update]) -> dict[str, float]:
+        """Compose each device's record-level DP-SGD steps in its own Opacus accountant (accepted replies only;
+        no more steps than the work asked for, so a reply cannot make the server loop)."""
         from privacy.accounting import make_accountant
 
-        for msg in replies:
-            if msg.has_error():
-                continue
-            u = Update.from_message(msg)
+        for u in updates:
             if "dp_record_steps" not in u.metrics:
+                continue
+            work = self._ledger.work.get(u.device_index)
+            steps, sigma, q = (u.metrics.get(k) for k in ("dp_record_steps", "dp_record_sigma", "dp_record_q"))
+            if work is None or not all(isinstance(v, float) and math.isfinite(v) for v in (steps, sigma, q)) \
+                    or not (0 <= steps <= work.local_steps and sigma >= 0 and 0 <= q <= 1):
+                logger.warning("device %d: unusable record-level DP report %s", u.device_index,
+                               (steps, sigma, q))
                 continue
             acc = self._record_accountants.setdefault(
                 u.device_index, make_accountant(self.privacy.record.accountant, "poisson", 0))
@@ -162,6 +177,9 @@ class UserLevelDP:
             "record": {str(i): {"history": [list(h) for h in a.history], "mechanism": a.mechanism(),
                                 "delta": self._record_delta[i]}
                        for i, a in self._record_accountants.items()},
+            # the positions of the server's DP streams (seeded rng): a resumed run draws the cohorts and the
+            # noise the uninterrupted run would have, and never reuses a draw (None: secure, nothing to keep)
+            "dp_rng": {"sampling": self._dp_sampler.get_state(), "noise": self._dp_noise.get_state()},
         }
 
     def set_state(self, state: dict) -> None:
@@ -169,6 +187,14 @@ class UserLevelDP:
 
         super().set_state(state)
         self.privacy_budget.set_state(state["user"])
+        rng = state.get("dp_rng") or {}
+        if self.privacy.rng == "seeded" and not (rng.get("sampling") and rng.get("noise")):
+            logger.warning("the checkpoint has no DP generator state (an older run): cohorts and noise restart "
+                           "from the seed, and seeded noise may repeat earlier rounds' draws")
+        if rng.get("sampling") is not None:
+            self._dp_sampler.set_state(rng["sampling"])
+        if rng.get("noise") is not None:
+            self._dp_noise.set_state(rng["noise"])
         self._record_accountants.clear()
         for key, rec in state.get("record", {}).items():
             acc = make_accountant(self.privacy.record.accountant, "poisson", 0)
@@ -177,7 +203,7 @@ class UserLevelDP:
             self._record_delta[int(key)] = rec["delta"]
 
     def _save_privacy_state(self) -> None:
-        state = self.get_state()
+        state = {k: v for k, v in self.get_state().items() if k != "dp_rng"}  # the noise stream stays private
         out = Path(self.settings.output_dir)
         try:
             out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from client.device_detect import no_autocast
 from client.runtime import DeviceData
-from client.trainers.base import TrainResult
+from client.trainers.base import TrainResult, loss_metrics
 from models.lora import adapter_arrays
 from protocol.work import Work
 
@@ -83,6 +83,7 @@ class LoraDpSgdTrainer:
             adapter=adapter_arrays(model),
             num_examples=n,
             metrics={
+                **loss_metrics(losses),
                 "train_loss": sum(losses) / max(len(losses), 1),
                 "compute_s": time.perf_counter() - start,
                 "dp_record_steps": float(steps),

@@ -27,9 +27,22 @@ class SeededNoise:
     def uniform(self, n: int) -> np.ndarray:
         return self._rng.random(n)
 
+    def get_state(self) -> dict:
+        """The generator's position: a resumed run continues the stream, never replays a draw."""
+        return self._rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
+
 
 class SecureNoise:
     kind = "secure"
+
+    def get_state(self) -> None:  # nothing to keep: every draw is fresh from the OS
+        return None
+
+    def set_state(self, state) -> None:
+        pass
 
     def uniform(self, n: int) -> np.ndarray:
         """Uniform floats in [0, 1) with 53 random bits each, from the OS CSPRNG."""

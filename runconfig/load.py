@@ -28,6 +28,10 @@ def to_settings(cfg: DictConfig | dict) -> Settings:
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg = {k: v for k, v in cfg.items() if k != "hydra"}
+    missing = _missing_keys(cfg)
+    if missing:  # merged onto the schema, "???" would silently keep the schema's default
+        raise ConfigError(f"config key '{missing[0]}': is required by the chosen config option but not set. "
+                          f"Fix: add {missing[0]}=<value> (see its conf/ file)")
     if "fleet" not in cfg or cfg["fleet"] is None:
         raise ConfigError(
             "no fleet given. Fix: append one with Hydra's '+', e.g. `python -m simulations.run +fleet=80dev`. "
@@ -38,9 +42,41 @@ def to_settings(cfg: DictConfig | dict) -> Settings:
         settings: Settings = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        raise ConfigError(f"config key '{key}': {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"config key '{key}': {str(err).splitlines()[0]}. Fix: {fix_for_key(key)}") from None
     validate(settings)
     return settings
+
+
+def _missing_keys(data, prefix: str = "") -> list[str]:
+    if isinstance(data, dict):
+        return [k for key, v in data.items() for k in _missing_keys(v, f"{prefix}{key}.")]
+    return [prefix[:-1]] if data == "???" else []
+
+
+def fix_for_key(key: str) -> str:
+    """A fix for a key whose value has the wrong type or is missing: its type and its schema default."""
+    import dataclasses
+    import typing
+
+    cls, field = Settings, None
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            break
+        hints = typing.get_type_hints(cls)
+        field = next((f for f in dataclasses.fields(cls) if f.name == part), None)
+        if field is None:
+            return f"remove '{key}' (not a setting; see conf/config.yaml and runconfig/schema.py)"
+        cls = hints[part]
+    if field is None:
+        return "see conf/config.yaml and runconfig/schema.py"
+    args = [a for a in typing.get_args(cls) if a is not type(None)]
+    if typing.get_origin(cls) is typing.Union and args:  # Optional[X]
+        kind = f"{getattr(args[0], '__name__', args[0])} or null"
+    else:
+        kind = getattr(cls, "__name__", None) or str(cls).replace("typing.", "")
+    default = field.default if field.default is not dataclasses.MISSING and field.default != "???" else None
+    example = f"{key}={default}" if default is not None and not isinstance(default, (dict, list)) else f"{key}=<{kind}>"
+    return f"a value of type {kind}, e.g. {example}"
 
 
 def _require(ok: bool, key: str, problem: str, fix: str) -> None:
@@ -117,6 +153,7 @@ def validate(s: Settings) -> None:
         _require(s.data.seq_len <= s.model.max_position_embeddings, "data.seq_len",
                  "is longer than model.max_position_embeddings", "a shorter data.seq_len")
     _validate_cost(s)
+    _validate_paths(s)
     from privacy.plan import validate_privacy  # the privacy section needs the fleet and rounds checked first
 
     validate_privacy(s)
@@ -147,6 +184,29 @@ def _validate_simulation(s: Settings) -> None:
                  "batched adapters apply no LoRA dropout",
                  "method.lora.dropout=0.0, or simulation.cohort_batching=false")
         _require(sim.max_batched_devices >= 2, "simulation.max_batched_devices", "must be >= 2", "e.g. 64")
+
+
+def _looks_local(path: str) -> bool:
+    """A filesystem path rather than a Hub id (``org/name`` or ``name``)."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
+
+
+def _validate_paths(s: Settings) -> None:
+    """Local model folders and data files must exist (a Hub id is left to transformers / datasets)."""
+    path = s.model.name_or_path
+    if path is not None:
+        folder = Path(path).expanduser()
+        _require(bool(path.strip()), "model.name_or_path", "is empty", "a model folder or a Hub id (org/name)")
+        if (_looks_local(path) or folder.exists()) and not (folder.is_file() and folder.suffix == ".gguf"):
+            _require(folder.is_dir(), "model.name_or_path", f"no model folder at {path}",
+                     "a folder written by transformers' save_pretrained (config.json, weights, tokenizer), or a "
+                     "Hub id such as Qwen/Qwen2.5-0.5B")
+            _require((folder / "config.json").is_file() or any(folder.glob("*.gguf")), "model.name_or_path",
+                     f"{path} holds no config.json (nor a .gguf file)", "the folder save_pretrained wrote")
+    files = s.data.data_files
+    if s.data.name != "shakespeare" and files and not any(c in files for c in "*?[") and _looks_local(files):
+        _require(Path(files).expanduser().exists(), "data.data_files", f"no such file: {files}",
+                 "an existing local file (e.g. data.data_files=/path/train.jsonl)")
 
 
 def _validate_cost(s: Settings) -> None:
@@ -249,6 +309,12 @@ def _validate_rounds_and_faults(s: Settings) -> None:
     _require(v.norm_outlier_factor is None or v.norm_outlier_factor > 1, "validation.norm_outlier_factor",
              "must be > 1 or null", "e.g. 100")
     _require(v.max_message_mb > 0, "validation.max_message_mb", "must be > 0", "e.g. 64")
+    _require(v.norm_bound_factor is None or v.norm_bound_factor >= 1, "validation.norm_bound_factor",
+             "must be >= 1 or null", "e.g. 100 (null: no default bound)")
+    _require(v.max_loss_rise is None or v.max_loss_rise > 0, "validation.max_loss_rise", "must be > 0 or null",
+             "e.g. 3.0 (nats)")
+    _require(v.max_examples is None or v.max_examples >= 1, "validation.max_examples", "must be >= 1 or null",
+             "null (the simulated device's windows) or a deployment's largest device dataset")
     a = s.aggregation
     rules = ("mean", "krum", "multikrum", "trimmed_mean")
     _require(a.rule in rules, "aggregation.rule", f"unknown '{a.rule}'", ", ".join(rules))

@@ -226,6 +226,11 @@ class ValidationConfig:
     max_update_norm: Optional[float] = None  # absolute L2 bound on a delta; None: no absolute bound
     norm_outlier_factor: Optional[float] = 100.0  # reject a delta this many times the median norm of the others
     max_message_mb: float = 64.0  # a reply larger than this is rejected
+    # Default absolute bound, on in every round (a single-reply one too): factor x max(global adapter's L2 norm,
+    # median accepted delta norm of recent rounds). None: off. docs/faults.md says why honest updates stay under it.
+    norm_bound_factor: Optional[float] = 100.0
+    max_loss_rise: Optional[float] = 3.0  # reject a reply whose loss_end exceeds its loss_start by more (nats)
+    max_examples: Optional[int] = None  # cap on num-examples (deployment); simulation also caps at a device's windows
 
 
 @dataclass

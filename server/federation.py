@@ -19,7 +19,7 @@ from runconfig.load import to_plain
 from runconfig.schema import Settings
 from server import checkpoint as ckpt
 from server.central_evaluation import CentralEvaluator
-from server.preflight import prepare
+from server.preflight import device_windows, prepare
 from server.progress import RoundProgress
 from privacy.dp_fedavg import strategy_for
 from tracking.mlflow_tracker import MlflowTracker, scratch_dir
@@ -120,6 +120,7 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True,
         concurrency=simulation_concurrency(settings),
         observers=[history, tracker, progress],
     )
+    strategy.known_examples = device_windows(settings, prepared.corpus, len(prepared.devices))
     evaluator = CentralEvaluator(peft_model, prepared.corpus, settings.data.seq_len, settings.data.central_eval_windows)
     first_round = 1
     if resumed is not None:

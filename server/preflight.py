@@ -51,6 +51,15 @@ def check_fits(settings: Settings, shape: ArchShape, devices: list[Device]) -> N
         )
 
 
+def device_windows(settings: Settings, corpus: Corpus, num_devices: int) -> dict[int, int]:
+    """The training windows each simulated device holds (what its honest reply reports as num-examples):
+    the aggregation weight a reply may claim at most (strategies/update_validation.py)."""
+    seq_len = settings.data.seq_len
+    clients = assign_clients(num_devices, corpus.num_clients, settings.seed, settings.data.roles_per_device)
+    return {i: sum(max(1, -(-len(corpus.client_train_ids(c)) // seq_len)) for c in roles)
+            for i, roles in enumerate(clients)}
+
+
 def prepare(settings: Settings, show_progress: bool = True) -> Prepared:
     corpus = load_corpus(settings)
     folder = ensure_base_checkpoint(settings, corpus, show_progress=show_progress)

@@ -60,6 +60,9 @@ def cohort_rewards(rows: list[dict], weights) -> list[float]:
     ]
 
 
+LEARN_METRICS = ("rank", "sparsity_before", "sparsity", "loss_start", "loss_end", "update_norm")
+
+
 class FedSpine(FleetFedAvg):
     def __init__(self, settings, devices, model_shape, concurrency, observers=()) -> None:
         super().__init__(settings, devices, model_shape, concurrency, observers)
@@ -188,6 +191,9 @@ class FedSpine(FleetFedAvg):
         """Also checks the device's structure and rank (unreadable ones are rejected by the validator)."""
         update = super().parse_update(msg)
         Structure.from_arrays(update.structure, self.dims)  # raises ValueError/KeyError when malformed
+        for key in LEARN_METRICS:  # the bandit's reward reads them: a reply without them is malformed
+            if not np.isfinite(update.metrics[key]):
+                raise ValueError(f"metric {key} = {update.metrics[key]}")
         rank = int(update.metrics["rank"])
         if not 1 <= rank <= self.max_rank:
             raise ValueError(f"rank {rank} outside 1..{self.max_rank}")

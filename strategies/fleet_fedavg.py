@@ -50,8 +50,16 @@ from protocol.messages import (
 from runconfig.schema import Settings
 from strategies import robust_aggregation
 from strategies.aggregation import apply_delta
-from strategies.update_validation import Checked, UpdateValidator
+from strategies.update_validation import (
+    Checked,
+    ReplyRejected,
+    RoundLimits,
+    UpdateValidator,
+    default_norm_bound,
+    delta_norm,
+)
 from zeroqat import upload
+from zeroqat.spsa import step_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +85,7 @@ class RoundLedger:
     work: dict[int, Work] = field(default_factory=dict)  # device index -> the work it was sent (priced from it)
     failing: set[int] = field(default_factory=set)  # device indices that fail mid-training (never sent)
     checked: Checked = field(default_factory=Checked)  # validation of the replies
+    norm_bound: float | None = None  # the round's default absolute bound on a delta's L2 norm
 
 
 class FleetFedAvg(Strategy):
@@ -103,6 +112,10 @@ class FleetFedAvg(Strategy):
         self.attempt = 0  # retry of the current round (0: first try)
         self.round_end_hooks: list[Callable[[int, dict[str, np.ndarray], dict[str, float]], None]] = []
         self.fault_log: list[dict] = []  # every failed, rejected or late device with its reason (MLflow faults.json)
+        # num-examples each device may claim (its aggregation weight): the server's count of its data windows
+        # (set by server.federation in a simulation); validation.max_examples caps it too
+        self.known_examples: dict[int, int] = {}
+        self.norm_history: list[float] = []  # median accepted delta norm of recent rounds (the default norm bound)
 
     # ------------------------------------------------------------------ fleet
     def discover(self, grid: Grid, timeout: float) -> None:
@@ -239,13 +252,31 @@ class FleetFedAvg(Strategy):
         Rejections (with device and reason) are kept in the round's ledger (``checked``) and counted in MLflow.
         """
         checked = self.validator.check(server_round, self.model_version, self.update_reference, replies,
-                                       {node: d.index for node, d in self._ledger.sent.items()}, self.parse_update)
+                                       {node: d.index for node, d in self._ledger.sent.items()}, self.parse_update,
+                                       self.round_limits())
         self._ledger.checked = checked
         return checked.accepted, len(checked.failed)
 
     def parse_update(self, msg: Message) -> Update:
-        """A reply as an Update (subclasses expand compressed uploads here, before validation)."""
-        return self.expand_update(Update.from_message(msg))
+        """A reply as an Update, cheaply (compressed uploads are expanded by :meth:`expand_update`, later)."""
+        return Update.from_message(msg)
+
+    def max_examples(self, device_index: int) -> int | None:
+        """The most ``num-examples`` a device may claim: what the server knows it holds, and the configured cap."""
+        caps = [c for c in (self.known_examples.get(device_index), self.settings.validation.max_examples)
+                if c is not None]
+        return min(caps) if caps else None
+
+    def norm_floor(self) -> float:
+        """A delta norm honest devices reach whatever the adapter (hook: client-side DP noise)."""
+        return 0.0
+
+    def round_limits(self) -> RoundLimits:
+        """Weight caps, the default absolute norm bound and the expansion hook of this round's validation."""
+        bound = default_norm_bound(self.settings.validation.norm_bound_factor, delta_norm(self._global),
+                                   self.norm_history, self.norm_floor())
+        self._ledger.norm_bound = bound
+        return RoundLimits(max_examples=self.max_examples, expand=self.expand_update, norm_bound=bound)
 
     def update_reference(self, update: Update) -> dict[str, np.ndarray]:
         """Names, shapes and dtype a device's delta must have: the global adapter's (strategies whose devices
@@ -253,9 +284,15 @@ class FleetFedAvg(Strategy):
         return self._global
 
     def expand_update(self, update: Update) -> Update:
-        """A ZO device's seed-only upload (seeds, projected gradients) replayed into the adapter delta it stands for."""
+        """A ZO device's seed-only upload (seeds, projected gradients) replayed into the adapter delta it stands
+        for; only from a device that was asked for one, and only after its counts, seeds and gradients match
+        its work (zeroqat.upload.check_upload): the replay's cost is bounded by the work, not by the reply."""
         if upload.is_seed_upload(update.delta):
             z = self.settings.zeroqat
+            work = self._ledger.work.get(update.device_index)
+            if work is None or work.trainer not in FORWARD_ONLY_TRAINERS or not z.seed_upload:
+                raise ReplyRejected("seed_upload", "a seed upload from a device that was not asked for one")
+            upload.check_upload(update.delta, step_seeds(work.seed, work.local_steps, z.perturbations), z.grad_clip)
             update.delta = upload.replay_delta(self._global, update.delta, z.lr, z.lr_schedule)
         return update
 
@@ -324,6 +361,11 @@ class FleetFedAvg(Strategy):
             return None, MetricRecord(metrics)
         updates = [u for u, _, _ in kept]
         new_global = apply_delta(self._global, self.aggregate_updates(server_round, updates))
+        norms = [delta_norm(u.delta) for u in updates]
+        self.norm_history = (self.norm_history + [float(np.median(norms))])[-5:]
+        if ledger.norm_bound is not None:  # how far honest deltas stay below the default bound (docs/faults.md)
+            metrics["validation/norm_bound"] = ledger.norm_bound
+            metrics["validation/update_norm_max"] = max(norms)
         self.model_version += 1
         weights = np.array([u.num_examples for u in updates], dtype=float)
         metrics.update({
@@ -358,7 +400,7 @@ class FleetFedAvg(Strategy):
         for attempt in range(retries + 1):
             self.attempt = attempt
             replies = grid.send_and_receive(self.configure_train(server_round, arrays, config, grid), timeout=timeout)
-            new_arrays, train_metrics = self.aggregate_train(server_round, replies)
+            new_arrays, train_metrics = self._aggregate_or_fail(server_round, replies)
             metrics = dict(train_metrics or {})
             for key, value in metrics.items():
                 if key.startswith(("fleet/", "comm/", "cost/", "clock/sim_round_s")) and key != "fleet/replies":
@@ -373,16 +415,33 @@ class FleetFedAvg(Strategy):
             logger.warning("round %d skipped after %d attempt(s): the global adapter stays", server_round, attempt + 1)
         return new_arrays, metrics
 
+    def _aggregate_or_fail(self, server_round: int, replies: Iterable[Message]
+                           ) -> tuple[ArrayRecord | None, MetricRecord | dict]:
+        """``aggregate_train``; an exception there fails this attempt (logged, counted, the global adapter
+        stays) instead of the run: whatever the replies held, the next round still runs."""
+        version, history = self.model_version, list(self.norm_history)
+        try:
+            return self.aggregate_train(server_round, replies)
+        except Exception as err:  # noqa: BLE001 - one bad round must not end a long run
+            logger.exception("round %d: aggregation failed; the round is logged failed and the run goes on",
+                             server_round)
+            self.model_version, self.norm_history = version, history
+            self.fault_log.append({"round": server_round, "attempt": self.attempt, "device": -1,
+                                   "outcome": "round_failed", "reason": type(err).__name__, "detail": str(err)[:300]})
+            return None, {"fleet/round_failed": 1}
+
     # ------------------------------------------------------------- resume
     def get_state(self) -> dict:
         """What the strategy must carry across a resume (checkpointed after every round). Subclasses add
         their own keys (bandit statistics, privacy accountant) with ``{**super().get_state(), ...}``."""
-        return {"sim_time_s": self.sim_time_s, "model_version": self.model_version, "fault_log": list(self.fault_log)}
+        return {"sim_time_s": self.sim_time_s, "model_version": self.model_version, "fault_log": list(self.fault_log),
+                "norm_history": list(self.norm_history)}
 
     def set_state(self, state: dict) -> None:
         self.sim_time_s = float(state.get("sim_time_s", 0.0))
         self.model_version = int(state.get("model_version", 0))
         self.fault_log = list(state.get("fault_log", []))
+        self.norm_history = [float(n) for n in state.get("norm_history", [])]
 
     # ----------------------------------------------------------- evaluation
     def configure_evaluate(

@@ -267,7 +267,8 @@ def test_resume_finds_the_checkpoint_by_path_run_id_or_latest_unfinished_run(tmp
         (["client.trainer=nope"], "client.trainer"),
         (["fleet.classes.pixel_8.trainer=nope"], "fleet.classes.pixel_8.trainer"),
         (["model.pretrain.warmup_steps=500"], "model.pretrain.warmup_steps"),
-        (["data=hf", "data.partitioner=zipf"], "data.partitioner"),
+        (["data=hf", "data.name=json", "data.partitioner=zipf"], "data.partitioner"),
+        (["data=hf"], "data.name"),  # a value the chosen option requires (???) is never silently defaulted
         (["method.lora.dropout=1.5"], "method.lora.dropout"),
         (["seed=-1"], "seed"),
     ],

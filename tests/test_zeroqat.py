@@ -204,6 +204,7 @@ def test_server_seed_replay_reproduces_the_client_update_exactly(settings, phone
     # The server side: a FleetFedAvg strategy expands the seed-only reply against the adapter it sent.
     strategy = FleetFedAvg(dataclasses.replace(settings, zeroqat=cfg), devices=[], model_shape=None, concurrency=1)
     strategy._global = received
+    strategy._ledger.work[0] = dataclasses.replace(work, device_index=0, trainer="zeroqat")  # asked for seeds
     update = strategy.expand_update(Update(0, 1, dict(seeds), num_examples=16))
     assert update.delta.keys() == client_delta.keys()
     for k in client_delta:

@@ -29,6 +29,16 @@ class Trainer(Protocol):
     def train(self, model, data: DeviceData, work: Work) -> TrainResult: ...
 
 
+def loss_metrics(losses: list[float]) -> dict[str, float]:
+    """The round's mean loss and its first and last quarter's (``loss_start``, ``loss_end``): the server
+    rejects a reply whose local training diverged (validation.max_loss_rise)."""
+    k = max(1, len(losses) // 4)
+    if not losses:
+        return {"train_loss": 0.0}
+    return {"train_loss": float(np.mean(losses)), "loss_start": float(np.mean(losses[:k])),
+            "loss_end": float(np.mean(losses[-k:]))}
+
+
 def batch_indices(num_windows: int, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
     """Seeded batches that sweep the device's windows in shuffled epochs (no window skipped before a repeat)."""
     rng = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ import time
 import torch
 
 from client.runtime import DeviceData
-from client.trainers.base import TrainResult, batch_indices
+from client.trainers.base import TrainResult, batch_indices, loss_metrics
 from models.evaluation import next_token_stats
 from models.lora import adapter_arrays
 from protocol.work import Work
@@ -35,5 +35,5 @@ class LoraBackpropTrainer:
         return TrainResult(
             adapter=adapter_arrays(model),
             num_examples=len(data.train_inputs),
-            metrics={"train_loss": sum(losses) / len(losses), "compute_s": compute_s},
+            metrics={**loss_metrics(losses), "train_loss": sum(losses) / len(losses), "compute_s": compute_s},
         )

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from client.runtime import ClientRuntime, DeviceData
-from client.trainers.base import TrainResult, batch_indices
+from client.trainers.base import TrainResult, batch_indices, loss_metrics
 from models.base_checkpoint import ensure_base_checkpoint, load_base_model
 from models.evaluation import next_token_stats
 from models.lora import adapter_arrays
@@ -66,7 +66,7 @@ def zeroqat_local_training(model, cfg: ZeroQATConfig, data: DeviceData, work: Wo
     if received is not None:
         # What the server will rebuild, bit for bit (the in-place probing differs only by float rounding).
         adapter = upload.replay_adapter(received, seed_upload, cfg.lr, cfg.lr_schedule)
-    metrics = {"train_loss": float(np.mean(losses)), "compute_s": compute_s,
+    metrics = {**loss_metrics(losses), "compute_s": compute_s,
                "zo_grad_abs_mean": float(np.abs(grads).mean()),
                "adapter_bytes": float(sum(v.nbytes for v in adapter.values())),
                "seed_bytes": float(sum(v.nbytes for v in seed_upload.values()))}
