@@ -188,6 +188,7 @@ def collect(device: dict, fed: dict) -> dict:
         "torch_on_device": device.get("torch"),
         "install_fresh_s": round(device["install_s"], 1), "install_rerun_s":
             round(device["rerun_s"], 1) if device.get("rerun_s") else None,
+        "install_note": device.get("note"),
         "host_machine": native_machine,
         "devices": devices,
     }
@@ -236,16 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs/benchmarks")
     parser.add_argument("--cache", type=Path, default=None, help="userland cache (default ~/.cache/edgefleet/arm64)")
+    parser.add_argument("--reinstall", action="store_true", help="re-run install_device.sh in a cached userland")
     args = parser.parse_args(argv)
     root = args.cache or cache_root()
     try:
-        device = ensure_device(root)
+        device = ensure_device(root, args.reinstall)
+        device["machine"] = device_machine(device["python"])  # what the device's Python says today
     except SetupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"aarch64 device installed: machine {device['machine']}, torch {device['torch']}, "
-          f"install {device['install_s']:.0f} s" + ("" if device["fresh"] else f" (re-run {device['rerun_s']:.0f} s)"),
-          flush=True)
+    rerun = f", re-run {device['rerun_s']:.0f} s" if device.get("rerun_s") else ""
+    print(f"aarch64 device ready: machine {device['machine']}, torch {device['torch']}, first install "
+          f"{device['install_s']:.0f} s{rerun}", flush=True)
     with tempfile.TemporaryDirectory(prefix="edgefleet-arm-") as tmp:
         fed = run_federation(device, Path(tmp), root / "edgefleet-cache")
     result = collect(device, fed)

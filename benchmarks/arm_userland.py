@@ -146,11 +146,13 @@ def offline_pip_env(wheels: Path) -> dict[str, str]:
             "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 
 
-def install_client(root: Path, python: Path, wheels: Path) -> dict:
+def install_client(root: Path, python: Path, wheels: Path, reinstall: bool = False) -> dict:
     """Run scripts/install_device.sh with the emulated Python. The first install's time is kept in the cache
-    (``install.json``): a later call re-runs the (idempotent) script and reports both."""
+    (``install.json``) and reused; ``reinstall`` re-runs the (idempotent) script and reports that time too."""
     record_path = root / "install.json"
     first = json.loads(record_path.read_text()) if record_path.exists() else None
+    if first is not None and not reinstall:
+        return {**first, "fresh": False, "rerun_s": None}
     start = time.perf_counter()
     proc = subprocess.run(["bash", str(REPO / "scripts/install_device.sh")], cwd=REPO, capture_output=True, text=True,
                           timeout=7200, env={**offline_pip_env(wheels), "PYTHON": str(python)})
@@ -164,10 +166,10 @@ def install_client(root: Path, python: Path, wheels: Path) -> dict:
     if first is None:
         record_path.write_text(json.dumps(record, indent=1))
         return {**record, "fresh": True, "rerun_s": None}
-    return {**first, "fresh": False, "rerun_s": seconds, "machine": record["machine"] or first["machine"]}
+    return {**first, "fresh": False, "rerun_s": seconds}
 
 
-def ensure_device(root: Path | None = None) -> dict:
+def ensure_device(root: Path | None = None, reinstall: bool = False) -> dict:
     """Userland, wheels, venv and the installed client; returns what the install reported and took."""
     root = root or cache_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,6 @@ def ensure_device(root: Path | None = None) -> dict:
     t2 = time.perf_counter()
     python = make_venv(root, rootfs, wheels)
     t3 = time.perf_counter()
-    info = install_client(root, python, wheels)
+    info = install_client(root, python, wheels, reinstall)
     return {**info, "python": str(python), "venv_bin": str(python.parent), "rootfs_s": t1 - t0,
             "wheels_s": t2 - t1, "venv_s": t3 - t2}

@@ -58,7 +58,8 @@ pip_install() {  # pip install "$@" with the wheel policy; a missing wheel is na
   exit 2
 }
 
-if ! "$PY" -c "import torch" 2>/dev/null; then
+TORCH_REPORT='import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+if ! "$PY" -c "$TORCH_REPORT" 2>/dev/null; then
   if [[ -e /etc/nv_tegra_release ]]; then
     echo "error: a Jetson needs NVIDIA's torch for its JetPack (PyPI's has no Jetson GPU support): docs/deploy.md" >&2
     exit 2
@@ -68,8 +69,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   echo "installing $TORCH: the CPU build from $TORCH_INDEX when reachable, else PyPI's (on aarch64 and x86 that is" \
        "the CUDA build, ~2.8 GB with NVIDIA's libraries; it runs on the CPU too)"
   pip_install "$TORCH" --extra-index-url "$TORCH_INDEX"
+  "$PY" -c "$TORCH_REPORT"
 fi
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 DEVICE_DEPS=$("$PY" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))
                         ["project"]["optional-dependencies"]["device"]))')
