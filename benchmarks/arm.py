@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,19 @@ RUN_DEADLINE_S = 5400
 # that the emulated devices read: 20 steps, the tests' setting; pretraining under emulation is not the point.
 FAST = ["model=tiny-llama", "model.pretrain.steps=20", "model.pretrain.warmup_steps=2",
         "data.central_eval_windows=16"]
+# Flower 1.42's SuperNode gives a ClientApp process 30 s (HEARTBEAT_DEFAULT_INTERVAL) from claiming its task
+# to its first heartbeat, and 60 s between heartbeats, then revokes the task token and starts another ClientApp.
+# An emulated ClientApp on a loaded 2-core host needs minutes to import flwr and torch, so the emulated
+# SuperNodes run with a longer grace: only the task-token lifetime in the SuperNode's own state is changed.
+TASK_GRACE_S = 900
+SUPERNODE_LAUNCH = (
+    "import sys\n"
+    "from flwr.supercore.corestate import in_memory_corestate, sql_corestate\n"
+    f"in_memory_corestate.HEARTBEAT_DEFAULT_INTERVAL = sql_corestate.HEARTBEAT_DEFAULT_INTERVAL = {TASK_GRACE_S}\n"
+    "from flwr.supernode.cli import flower_supernode\n"
+    "sys.argv[0] = 'flower-supernode'\n"
+    "sys.exit(flower_supernode())\n"
+)
 # name, key/partition, node config, emulated, trainer of the class
 DEVICES = [
     ("arm-jetson", 0, 'partition-id=0 device-class="jetson_tx2"', True, "lora_backprop"),
@@ -114,7 +128,7 @@ def run_federation(device: dict, work: Path, cache_dir: Path) -> dict:
                 lab.start_supernode(name, key=key, node_config=config)
                 continue
             lab.start(name, [
-                f"{device['venv_bin']}/flower-supernode",
+                device["python"], "-c", SUPERNODE_LAUNCH,
                 "--superlink", f"127.0.0.1:{lab.port}",
                 "--root-certificates", str(lab.certs / "ca.crt"),
                 "--auth-supernode-private-key", str(lab.certs / f"supernode_{key}"),
@@ -239,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="userland cache (default ~/.cache/edgefleet/arm64)")
     parser.add_argument("--reinstall", action="store_true", help="re-run install_device.sh in a cached userland")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the lab's processes
     root = args.cache or cache_root()
     try:
         device = ensure_device(root, args.reinstall)
