@@ -203,6 +203,7 @@ def collect(device: dict, fed: dict) -> dict:
         "install_fresh_s": round(device["install_s"], 1), "install_rerun_s":
             round(device["rerun_s"], 1) if device.get("rerun_s") else None,
         "install_note": device.get("note"),
+        "qemu_cpu": "neoverse-n1", "task_grace_s": TASK_GRACE_S,
         "host_machine": native_machine,
         "devices": devices,
     }
@@ -221,6 +222,8 @@ def write(result: dict, out_dir: Path) -> str:
                     f"{d['rounds_ok']}/{result['rounds']} | {d['install_s'] if d['install_s'] is not None else '-'} "
                     f"| {', '.join(f'{s:.0f}' for s in d['round_s'])} | {d['reply_status']} |")
     table = "\n".join(rows)
+    replies = ", ".join(f"round {k}: {int(v)}" for k, v in result["replies_per_round"].items())
+    loss = ", ".join(f"round {k}: {v:.3f}" for k, v in result["train_loss"].items())
     md = f"""# The ClientApp on aarch64 (`python -m benchmarks.arm`)
 
 Model trained and priced: **tiny-llama** (base pretrained 20 steps natively, then read from the shared cache by
@@ -233,10 +236,14 @@ userland under `qemu-aarch64-static` (user-mode emulation on a {result['host_mac
 {table}
 
 Run: {result['run_status']} in {result['run_s']:.0f} s (SuperNodes online after {result['online_s']:.0f} s);
-replies aggregated per round: {result['replies_per_round']}; train loss per round: {result['train_loss']}.
-Device torch: {result['torch_on_device']}. Install: {result['install_fresh_s']:.0f} s for the first install
-(`install_device.sh` under emulation, from the cached wheels; downloads not counted){
+replies aggregated per round: {replies}; train loss per round: {loss}.
+Device torch: {result['torch_on_device']} (PyPI's aarch64 wheel is the CUDA 13 build; it trains on the CPU).
+Install: {result['install_fresh_s']:.0f} s for the first install, one userland shared by both emulated devices
+(`install_device.sh` under emulation, from the cached wheels; downloads not counted{
+'' if not result.get('install_note') else '; ' + result['install_note']}){
 '' if result['install_rerun_s'] is None else f", {result['install_rerun_s']:.0f} s to re-run it"}.
+The emulated CPU is a Neoverse-N1; the emulated SuperNodes give a ClientApp {result.get('task_grace_s', TASK_GRACE_S)} s
+to start instead of Flower's 30 s (docs/deploy.md, "Checked on aarch64").
 
 Round s: the SuperNode receiving its train message until its reply is sent, including Flower's fresh ClientApp
 process per message (importing torch, transformers and the project, loading the model; under emulation this
