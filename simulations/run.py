@@ -29,6 +29,7 @@ def check_resume(settings) -> None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from server.federation import NoUpdateAggregated
     from server.preflight import prepare
     from simulations.launch import launch_simulation, quiet_frameworks
 
@@ -39,7 +40,11 @@ def main(cfg: DictConfig) -> None:
         prepare(settings)  # data, tokenizer and base checkpoint are cached for the workers
     except (ConfigError, DatasetPackageMissing, CheckpointError) as err:
         fail(str(err))
-    launch_simulation(settings)
+    try:
+        launch_simulation(settings)
+    except NoUpdateAggregated as err:  # the run ran but never moved the model: an error, not a success
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     print(f"done: summary in {settings.output_dir}/summary.json; MLflow store {settings.tracking.uri}")
 
 
