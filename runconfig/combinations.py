@@ -54,6 +54,10 @@ def check_combinations(s: Settings) -> None:
             _refuse(key, f"trainer '{RECORD_TRAINER}' (record-level DP-SGD) needs the record-level DP settings, "
                     "which only privacy=user_dp privacy.record.enabled=true sends",
                     "privacy=user_dp privacy.record.enabled=true (and leave client.trainer unset), or another trainer")
+    if s.privacy.record.enabled and s.client.trainer not in (None, RECORD_TRAINER):
+        _refuse("client.trainer", f"privacy.record.enabled sends every device record-level DP-SGD work "
+                f"('{RECORD_TRAINER}'); client.trainer={s.client.trainer} would run instead, without it",
+                "leave client.trainer unset, or privacy.record.enabled=false")
     if s.privacy.record.enabled and not user_dp:
         _refuse("privacy.record.enabled", "record-level DP-SGD is run by the user-level DP server (privacy=user_dp); "
                 "with privacy.mode=none it would be ignored", "privacy=user_dp, or privacy.record.enabled=false")
