@@ -126,6 +126,35 @@ def render(args, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def results_section(path: Path = DOCS / "combined.json") -> str:
+    """docs/results.md's rows for the combined federation (simulations/results_report.py appends them)."""
+    if not path.exists():
+        return ""
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    inf = next(r for r in rows if math.isinf(float(r["epsilon_target"])))
+    target = inf["ppl_base"] - 0.5 * (inf["ppl_base"] - inf["ppl_final"])
+    a = data["args"]
+    lines = [
+        "## The combined federation (FedSpine Jetsons + ZeroQAT phones, user-level DP)", "",
+        f"From `python -m benchmarks.combined` ([docs/benchmarks/combined.md](benchmarks/combined.md)); not the same "
+        f"setup as the table above: trained model {rows[0]['model']} (pretrained {a['pretrain_steps']} steps), priced "
+        f"as {rows[0]['priced_as']}, fleet 80dev, expected cohort {a['cohort']}, {a['rounds']} rounds, seed "
+        f"{a['seed']}. Time to target: simulated seconds (analytic clock) until ppl {target:.2f}.", "",
+        "| method | epsilon | final perplexity | final accuracy | fleet sparsity | time to target (sim s) | MB up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        r = {**r, "ppl_by_round": {int(k): v for k, v in r["ppl_by_round"].items()},
+             "sim_time_by_round": {int(k): v for k, v in r["sim_time_by_round"].items()}}
+        ttt = time_to_target(r, target)
+        eps = "∞ (sigma 0)" if math.isinf(float(r["epsilon_target"])) else f"{r['epsilon']:.2f}"
+        lines.append(f"| combined | {eps} | {r['ppl_final']:.2f} | {r['acc_final']:.4f} | {r['fleet_sparsity']:.3f} | "
+                     f"{'not reached' if ttt is None else f'{ttt:.1f}'} | "
+                     f"{sum(r['bytes_up_by_class'].values()) / 1e6:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="conf/model/ name, e.g. tiny-llama (always explicit)")
