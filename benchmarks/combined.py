@@ -118,11 +118,17 @@ def render(args, rows: list[dict]) -> str:
     for r in rows:
         cells = [f"{(r['sparsity_by_class'][c] or 0):.2f} / {r['rank_by_class'][c] or '-'}" for c in classes]
         lines.append(f"| {r['epsilon_target']} | " + " | ".join(cells) + " |")
-    lines += ["", "Reading: with N = 80 users, user-level DP at small epsilon needs sigma near or above 1 on a sum of "
-              f"about {args.cohort} clipped updates, so the noise per coordinate (sigma C / {args.cohort}) is of the "
-              "order of the updates themselves; user-level DP pays off on populations of thousands "
-              "(docs/benchmarks/dp.md). The real-model (smollm2-135m) section is not run yet: "
-              "`python -m benchmarks.combined --model smollm2-135m` once that model config lands.", ""]
+    noisy = [r for r in rows if r["noise_multiplier"] > 0]
+    per_coord = ", ".join(f"{r['noise_multiplier'] * args.clip / args.cohort:.3g} at epsilon {r['epsilon_target']}"
+                          for r in noisy)
+    lines += ["", f"Reading: with N = 80 users the expected cohort is {args.cohort}, so the noise added to every "
+              f"coordinate of the global adapter each round has std sigma C / {args.cohort} ({per_coord}), on "
+              "every coordinate, padding included, while each clipped update spreads at most C over all of them. "
+              "At this population that noise outweighs the updates; user-level DP pays off on populations of "
+              "thousands (docs/benchmarks/dp.md: N = 1000). Short run on a proxy model pretrained briefly, one "
+              "seed: read the ordering, not the digits.", "",
+              "Real model (smollm2-135m): not run yet; `python -m benchmarks.combined --model smollm2-135m` writes "
+              "docs/benchmarks/combined_smollm2-135m.{md,json} once that model config lands.", ""]
     return "\n".join(lines)
 
 
