@@ -39,13 +39,13 @@ def privacy_of(name: str) -> PrivacyConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PrivacyConfig), data))
 
 
-def grid():
+def grid(extra=()):
     """(labels, settings) for the whole grid: one composition per method and per simulation; the privacy,
     trainer and aggregation choices are the same config files and keys set on those."""
     from client.trainers import TRAINERS
 
-    methods = {m: unvalidated([*FLEET, f"method={m}"]) for m in available("method")}
-    sims = {name: unvalidated([*FLEET, f"simulation={name}"]) for name in available("simulation")}
+    methods = {m: unvalidated([*FLEET, f"method={m}", *extra]) for m in available("method")}
+    sims = {name: unvalidated([*FLEET, f"simulation={name}", *extra]) for name in available("simulation")}
     for m, p, t, r, sim in itertools.product(methods, PRIVACY, [None, *sorted(TRAINERS)], RULES, sims):
         base, engine = methods[m], sims[sim]
         s = dataclasses.replace(
@@ -77,7 +77,7 @@ def test_every_combination_runs_or_is_refused_in_one_line(fast_overrides, tmp_pa
     from simulations.inprocess import InProcessGrid
 
     runnable, refused = {}, 0
-    for labels, s in grid():
+    for labels, s in grid(fast_overrides):  # the session's cache: one corpus and base for every run
         try:
             validate(s)
         except ConfigError as err:
@@ -89,14 +89,10 @@ def test_every_combination_runs_or_is_refused_in_one_line(fast_overrides, tmp_pa
         if key not in runnable or labels[2] is None:  # prefer class trainers (both device paths in one run)
             runnable[key] = (labels, s)
     assert refused and len(runnable) >= 10
-    cache = [o for o in fast_overrides if o.startswith("cache_dir=")][0].split("=", 1)[1]
     small = {"rounds": 1}
     for key, (labels, s) in sorted(runnable.items(), key=lambda kv: str(kv[0])):
         run = dataclasses.replace(
-            s, **small, cache_dir=cache, output_dir=str(tmp_path / "-".join(map(str, labels))),
-            model=dataclasses.replace(s.model, pretrain=dataclasses.replace(s.model.pretrain, steps=20,
-                                                                            warmup_steps=2)),
-            data=dataclasses.replace(s.data, central_eval_windows=8),
+            s, **small, output_dir=str(tmp_path / "-".join(map(str, labels))),
             federation=dataclasses.replace(s.federation, eval_cohort_size=0),
             client=dataclasses.replace(s.client, local_steps=1),
             simulation=dataclasses.replace(s.simulation, backend="inprocess", workers=1, reuse_freed_memory=False),
