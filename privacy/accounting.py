@@ -72,6 +72,7 @@ def make_accountant(kind: str, sampling: str, population: int) -> IAccountant:
     return {"rdp": RDPAccountant, "prv": PRVAccountant}[kind]()
 
 
+@lru_cache(maxsize=256)  # a pure function of its arguments; config checks ask it often
 def epsilon_for(kind: str, sampling: str, population: int, sigma: float, q: float, steps: int, delta: float) -> float:
     """Epsilon after ``steps`` rounds at (sigma, q): what the accountant will report at the end."""
     if steps <= 0:

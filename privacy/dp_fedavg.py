@@ -29,7 +29,7 @@ from privacy.mechanism import dp_mean
 from privacy.noise import noise_source
 from privacy.plan import resolve_plan
 from privacy.sampling import fixed_cohort, poisson_cohort
-from protocol.messages import Update, Work, to_array_record
+from protocol.messages import Update, Work, to_array_record, withhold_private
 from strategies.aggregation import apply_delta
 from strategies.fleet_fedavg import FleetFedAvg, RoundLedger, seeded
 
@@ -106,11 +106,23 @@ class UserLevelDP:
             floor = max(floor, plan.clip_norm + 2 * share * math.sqrt(size))
         return floor
 
+    def valid_updates(self, server_round: int, replies):
+        """Valid replies as the DP server may use them: once checked, every part that depends on the device's
+        data and is not the delta (which only the mechanism releases) is dropped (protocol/messages.py
+        REPLY_FIELDS)."""
+        accepted, failed = super().valid_updates(server_round, replies)
+        keep = self.privacy.record.enabled
+        accepted = [(withhold_private(u, keep_record_accounting=keep), size) for u, size in accepted]
+        self._ledger.checked.accepted = accepted
+        return accepted, failed
+
     def aggregate_updates(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
+        """Each update mapped into the global adapter's coordinates first (ranks zero-padded, pruned heads and
+        channels as zeros), then clipped in that full space and noised on every coordinate (docs/privacy.md)."""
         plan = self.privacy_plan
         client_side = self.privacy.noise_placement == "client"
         mean, report = dp_mean(
-            [u.delta for u in updates], self._global, plan.clip_norm, plan.sigma, plan.expected_cohort,
+            [self.full_coordinates(u) for u in updates], self._global, plan.clip_norm, plan.sigma, plan.expected_cohort,
             self._dp_noise, pre_noised=client_side, noised_share_each=1.0 / max(self._dp_sent, 1),
         )
         logger.debug("round %d: %d contributions, %d clipped", server_round, report.contributions, report.clipped)

@@ -49,6 +49,7 @@ class LoraDpSgdTrainer:
         generator = torch.Generator().manual_seed(int(work.seed))
         loader = DataLoader(TensorDataset(data.train_inputs, data.train_labels), batch_size=work.batch_size,
                             shuffle=True, generator=generator)
+        model.train()  # Opacus refuses a model in eval mode (a reused runtime model may have been evaluated last)
         engine = PrivacyEngine(accountant="rdp")
         optimizer = torch.optim.AdamW(params, lr=work.lr, weight_decay=0.0)
         dp_model, dp_optimizer, dp_loader = engine.make_private(

@@ -77,3 +77,39 @@ class ImportanceTracker:
             heads.append(h)
             channels.append(c)
         return heads, channels
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public (data-free) importance: what a device may prune by under user-level DP (docs/privacy.md).
+def weight_scores(dense_model, dims: Dims) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Squared weight norms of the *dense* base per query head (its rows of ``q_proj``, columns of ``o_proj``)
+    and per MLP channel (its rows of ``gate_proj``/``up_proj``, column of ``down_proj``), in float64.
+
+    The base is public (every party has it), so masks chosen by these scores reveal nothing about any device's
+    data, and the server can recompute a device's masks exactly (:func:`public_structure`)."""
+    heads, channels = [], []
+    with torch.no_grad():
+        for layer in decoder_layers(dense_model):
+            attn, mlp = layer.self_attn, layer.mlp
+            sq = lambda lin: lin.weight.detach().to("cpu", torch.float64).square()  # noqa: E731
+            q, o = sq(attn.q_proj), sq(attn.o_proj)
+            h = q.reshape(dims.num_heads, dims.head_dim, -1).sum((1, 2)) + \
+                o.reshape(o.shape[0], dims.num_heads, dims.head_dim).sum((0, 2))
+            c = sq(mlp.gate_proj).sum(1) + sq(mlp.up_proj).sum(1) + sq(mlp.down_proj).sum(0)
+            heads.append(h.numpy())
+            channels.append(c.numpy())
+    return heads, channels
+
+
+def public_structure(start: Structure, scores: tuple[list[np.ndarray], list[np.ndarray]], dims: Dims,
+                     levels: list[float], head_rule: str) -> Structure:
+    """The structure a device ends a round at when it prunes by public ``scores`` along ``levels`` (the
+    round's schedule, pruning/schedule.step_levels): the same replay as the trainer's, on the server."""
+    from pruning.structure import select
+
+    structure, level = start, levels[0] if levels else 0.0
+    for step in range(1, len(levels)):
+        if levels[step] > level:
+            level = levels[step]
+            structure = select(scores[0], scores[1], structure, dims, level, head_rule)
+    return structure

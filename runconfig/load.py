@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from runconfig.combinations import check_combinations
 from runconfig.schema import Settings
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -157,6 +158,7 @@ def validate(s: Settings) -> None:
     from privacy.plan import validate_privacy  # the privacy section needs the fleet and rounds checked first
 
     validate_privacy(s)
+    check_combinations(s)  # method x privacy x trainer x aggregation x simulation (runconfig/combinations.py)
 
 
 CLOCKS = ("analytic", "host_scaled", "measured")
@@ -271,6 +273,7 @@ def _validate_fedspine(s: Settings) -> None:
     _require(0 <= f.importance_ema < 1, f"{key}.importance_ema", "must be in [0, 1)", "e.g. 0.9")
     _require(f.head_rule in ("within_groups", "whole_groups"), f"{key}.head_rule", f"unknown '{f.head_rule}'",
              "within_groups or whole_groups")
+    _require(f.masks in ("auto", "local", "public"), f"{key}.masks", f"unknown '{f.masks}'", "auto, local or public")
     _require(f.reward.time_reference in ("median", "max"), f"{key}.reward.time_reference",
              f"unknown '{f.reward.time_reference}'", "median or max")
     if f.policy == "fixed":

@@ -148,6 +148,10 @@ class FedSpineConfig:
     sparsity_step: float = 0.1  # pruning ratio added per pruning step
     importance_ema: float = 0.9  # EMA factor of the LoRAPrune importance over local iterations
     head_rule: str = "within_groups"  # within_groups | whole_groups (GQA)
+    # auto: local without DP, public under privacy=user_dp | local: LoRAPrune importance from the device's own
+    # gradients | public: weight magnitudes of the dense base (data-free; the server recomputes them), docs/privacy.md
+    masks: str = "auto"
+    keep_forward_only: bool = False  # devices whose class trainer is forward-only (zeroqat) keep it (method=combined)
     reward: FedSpineRewardConfig = field(default_factory=FedSpineRewardConfig)
     bandit: FedSpineBanditConfig = field(default_factory=FedSpineBanditConfig)
 

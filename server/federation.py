@@ -25,6 +25,17 @@ from privacy.dp_fedavg import strategy_for
 from tracking.mlflow_tracker import MlflowTracker, scratch_dir
 
 
+class NoUpdateAggregated(RuntimeError):
+    """A run that ended without aggregating a single update: the model never moved, so it did not succeed."""
+
+
+def no_update_message(strategy, rounds: int) -> str:
+    reasons = [f"device {e['device']} {e['outcome']}: {e['reason']} {e['detail']}".strip() for e in strategy.fault_log]
+    first = f"; first problem: {reasons[0][:200]}" if reasons else ""
+    return (f"no update was aggregated in {rounds} round(s) ({len(reasons)} device fault(s){first}). "
+            "The global adapter is unchanged; see faults.json in the MLflow run")
+
+
 class History:
     """Every round's metrics, kept for the run's summary."""
 
@@ -149,6 +160,7 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True,
     if settings.tracking.generations > 0:
         log_generations(peft_model, prepared.corpus, settings, tracker)
     summary = summarize(history, settings, time.perf_counter() - start, tracker.run_id)
+    summary["updates_aggregated"] = strategy.model_version  # global adapters made from at least one update
     if settings.tracking.log_adapter:
         adapter_dir = scratch_dir() / "adapter"
         peft_model.save_pretrained(str(adapter_dir))
@@ -156,10 +168,13 @@ def run_server(grid: Grid, settings: Settings, show_progress: bool = True,
     tracker.log_dict(summary, "summary.json")
     if strategy.fault_log:
         tracker.log_dict({"events": strategy.fault_log}, "faults.json")
-    tracker.finish()
+    failed = strategy.model_version == 0 and settings.rounds > 0
+    tracker.finish("FAILED" if failed else "FINISHED")
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if show_progress:
         print(f"summary: {(out / 'summary.json').absolute()}\n{tracker.ui_hint()}", flush=True)
+    if failed:
+        raise NoUpdateAggregated(no_update_message(strategy, settings.rounds))
     return result

@@ -100,6 +100,7 @@ def precheck(argv: list[str]) -> None:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from server.federation import NoUpdateAggregated
     from server.preflight import prepare
     from simulations.launch import launch_simulation, quiet_frameworks
 
@@ -115,7 +116,11 @@ def main(cfg: DictConfig) -> None:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         fail(f"config key 'model.name_or_path' or 'data': could not load the model or data: {first}. Fix: an "
              "existing local folder/file, or a Hub id this host can reach", run_dir)
-    launch_simulation(settings)
+    try:
+        launch_simulation(settings)
+    except NoUpdateAggregated as err:  # the run ran but never moved the model: an error, not a success
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     print("done")
 
 

@@ -8,6 +8,11 @@ masks) are mapped back to full coordinates (a device downloads only the global a
 holds: sliced to its structure and rank) and averaged per coordinate over their holders
 (:mod:`strategies.hetero_aggregation`). The server keeps each device's structure between its rounds.
 
+``method.fedspine.keep_forward_only`` (method=combined): devices whose class trainer is forward-only (ZeroQAT
+phones on packed bases) keep it: they train the dense global adapter at full rank and hold every coordinate.
+``method.fedspine.masks`` (docs/privacy.md): ``local`` masks come from the device's own gradients (LoRAPrune);
+``public`` ones from the dense base's weights, which the server recomputes and checks (``auto``: public under DP).
+
 Reward of a device's arm after a round (each term relative to this round's cohort; docs/fedspine.md):
 
     reward = w_loss * gain/max_gain + w_prune * progress + w_importance * update/max_update - w_time * T/T_ref
@@ -30,8 +35,11 @@ from transformers import AutoConfig
 from fleet.devices import Device
 from models.base_checkpoint import base_dir
 from protocol.messages import ARRAYS, Update, Work, to_array_record, work_message_content
+from fleet.pricing import FORWARD_ONLY_TRAINERS
+from pruning.importance import public_structure, weight_scores
 from pruning.schedule import step_levels
-from pruning.structure import Dims, Structure, lora_index, slice_to
+from runconfig.combinations import masks_under
+from pruning.structure import Dims, Structure, lora_index, scatter_from, slice_to
 from runconfig.load import ConfigError
 from strategies.bandit import SmoothUCB
 from strategies.fleet_fedavg import FleetFedAvg, seeded
@@ -39,7 +47,7 @@ from strategies.hetero_aggregation import SubUpdate, aggregate_hetero, coverage
 
 logger = logging.getLogger(__name__)
 
-FEDSPINE_METHODS = ("fedspine", "fedspine_random", "fedspine_fixed", "hetlora")
+FEDSPINE_METHODS = ("fedspine", "fedspine_random", "fedspine_fixed", "hetlora", "combined")
 TRAINER = "fedspine_prune"
 
 
@@ -79,6 +87,21 @@ class FedSpine(FleetFedAvg):
         self._arms: dict[tuple[int, int], tuple[float, int] | None] = {}
         self._bytes_up: dict[int, int] = {}
         self._round_metrics: dict[str, float] = {}
+        self.masks = masks_under(settings)  # local | public
+        self._public_scores = None
+
+    # ------------------------------------------------------------------ who prunes
+    def prunes(self, device: Device) -> bool:
+        """False for devices that keep a forward-only trainer (``keep_forward_only``): dense, full rank."""
+        return not (self.cfg.keep_forward_only and device.profile.trainer in FORWARD_ONLY_TRAINERS)
+
+    def public_scores(self):
+        """Head/channel scores of the dense base (loaded once): the public masks' only input."""
+        if self._public_scores is None:
+            from models.base_checkpoint import load_base_model
+
+            self._public_scores = weight_scores(load_base_model(base_dir(self.settings)), self.dims)
+        return self._public_scores
 
     # ------------------------------------------------------------------ device state
     def structure_of(self, device: Device) -> Structure:
@@ -148,13 +171,16 @@ class FedSpine(FleetFedAvg):
     # ------------------------------------------------------------------ per-device work
     def work_for(self, device: Device, server_round: int) -> Work:
         work = super().work_for(device, server_round)
+        if not self.prunes(device):
+            work.rank = self.max_rank  # its own trainer on the dense model, the global adapter at full rank
+            return work
         arm = self.arm_for(device, server_round)
         ratio, rank = arm if arm is not None else (0.0, self.max_rank)
         work.trainer, work.rank = TRAINER, rank
         work.extra = {
             "ratio": float(ratio), "max_rank": self.max_rank, "alpha": float(self.settings.method.lora.alpha),
             "prune_every": self.cfg.prune_every, "sparsity_step": self.cfg.sparsity_step,
-            "importance_ema": self.cfg.importance_ema, "head_rule": self.cfg.head_rule,
+            "importance_ema": self.cfg.importance_ema, "head_rule": self.cfg.head_rule, "masks": self.masks,
         }
         return work
 
@@ -173,6 +199,8 @@ class FedSpine(FleetFedAvg):
 
     def train_content(self, arrays: ArrayRecord, work: Work, device: Device) -> RecordDict:
         """Only the coordinates the device holds: the global adapter sliced to its structure and rank."""
+        if work.trainer != TRAINER:
+            return super().train_content(arrays, work, device)
         structure = self.structures.get(device.index)
         sub = slice_to(self._global, structure or Structure.dense(self.dims), self.dims, work.rank)
         work.extra["sliced"] = True
@@ -190,39 +218,81 @@ class FedSpine(FleetFedAvg):
     def parse_update(self, msg) -> Update:
         """Also checks the device's structure and rank (unreadable ones are rejected by the validator)."""
         update = super().parse_update(msg)
-        Structure.from_arrays(update.structure, self.dims)  # raises ValueError/KeyError when malformed
-        for key in LEARN_METRICS:  # the bandit's reward reads them: a reply without them is malformed
-            if not np.isfinite(update.metrics[key]):
-                raise ValueError(f"metric {key} = {update.metrics[key]}")
+        work = self._ledger.work.get(update.device_index)
+        if work is not None and work.trainer != TRAINER:  # a dense device: the global adapter's own shapes
+            if update.structure:
+                raise ValueError("a dense device sent pruning masks")
+            update.metrics["rank"] = float(self.max_rank)
+        else:  # the bandit's reward reads them: a pruning device's reply without them is malformed
+            for key in LEARN_METRICS:
+                if not np.isfinite(update.metrics[key]):
+                    raise ValueError(f"metric {key} = {update.metrics[key]}")
+        structure = Structure.from_arrays(update.structure, self.dims)  # raises ValueError/KeyError when malformed
         rank = int(update.metrics["rank"])
         if not 1 <= rank <= self.max_rank:
             raise ValueError(f"rank {rank} outside 1..{self.max_rank}")
+        if work is not None and work.trainer == TRAINER:
+            if rank != work.rank:
+                raise ValueError(f"rank {rank} is not the rank {work.rank} it was sent")
+            if self.masks == "public":  # the masks must be the ones public data gives; the server's own copy is used
+                expected = public_structure(self.structure_of(self.devices[update.device_index]), self.public_scores(),
+                                            self.dims, self.work_levels(work, self.devices[update.device_index]),
+                                            self.cfg.head_rule)
+                if any(not np.array_equal(a, b) for a, b in zip(structure.heads + structure.channels,
+                                                                 expected.heads + expected.channels)):
+                    raise ValueError("masks differ from the public ones (method.fedspine.masks=public)")
+                update.structure = expected.to_arrays()
+                before = self.structure_of(self.devices[update.device_index])
+                update.metrics["sparsity_before"] = before.sparsity(self.dims, self.hidden)
+                update.metrics["sparsity"] = expected.sparsity(self.dims, self.hidden)
         self._bytes_up[update.device_index] = msg.content[ARRAYS].count_bytes()
         return update
 
     def update_reference(self, update: Update) -> dict[str, np.ndarray]:
         """The shapes this device's delta must have: its kept heads/channels at its rank (validated centrally)."""
+        work = self._ledger.work.get(update.device_index)
+        if work is not None and work.trainer != TRAINER:
+            return self._global
         shapes = self.expected_shapes(Structure.from_arrays(update.structure, self.dims), int(update.metrics["rank"]))
         return {k: np.empty(shape, dtype=self._global[k].dtype) for k, shape in shapes.items()}
 
-    def aggregate_updates(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
-        subs = [SubUpdate(u.delta, Structure.from_arrays(u.structure, self.dims), int(u.metrics["rank"]),
+    def sub_updates(self, updates: list[Update]) -> list[SubUpdate]:
+        return [SubUpdate(u.delta, Structure.from_arrays(u.structure, self.dims), int(u.metrics["rank"]),
                           float(u.num_examples)) for u in updates]
+
+    def full_coordinates(self, update: Update) -> dict[str, np.ndarray]:
+        """The delta placed in full coordinates, zeros where the device holds nothing (the project's one mapping,
+        pruning.structure.scatter_from): what user-level DP clips and noises."""
         shapes = {k: v.shape for k, v in self._global.items()}
-        delta = aggregate_hetero(subs, shapes, self.dims)
-        self._learn(server_round, updates, subs)
-        self._round_metrics["fedspine/coverage"] = coverage(subs, shapes, self.dims)
-        return delta
+        values, _ = scatter_from(update.delta, Structure.from_arrays(update.structure, self.dims), self.dims,
+                                 int(update.metrics["rank"]), shapes)
+        return values
+
+    def aggregate_updates(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
+        shapes = {k: v.shape for k, v in self._global.items()}
+        return aggregate_hetero(self.sub_updates(updates), shapes, self.dims)
+
+    def learn_from(self, server_round: int, updates: list[Update]) -> None:
+        subs = self.sub_updates(updates)
+        self._round_metrics["fedspine/coverage"] = coverage(subs, {k: v.shape for k, v in self._global.items()},
+                                                            self.dims)
+        pruned = [(u, s) for u, s in zip(updates, subs) if self._ledger.work.get(u.device_index) is None
+                  or self._ledger.work[u.device_index].trainer == TRAINER]
+        if pruned:
+            self._learn(server_round, [u for u, _ in pruned], [s for _, s in pruned])
 
     def _learn(self, server_round: int, updates: list[Update], subs: list[SubUpdate]) -> None:
-        """Keep each device's new structure; score its arm; update its bandit."""
+        """Keep each device's new structure; score its arm; update its bandit. Under user-level DP the private
+        terms (loss gain, update norm) were withheld on arrival: they count 0 (runconfig/combinations.py refuses
+        a bandit that weights them)."""
         rows = []
         for u, sub in zip(updates, subs):
             t = self.reply_time(u, self._bytes_up.get(u.device_index, 0)).total_s  # before its structure changes
             before, after, target = u.metrics["sparsity_before"], u.metrics["sparsity"], self.cfg.target_sparsity
             progress = 1.0 if after >= target - 1e-6 else max(0.0, after - before) / max(target - before, 1e-6)
-            gain = (u.metrics["loss_start"] - u.metrics["loss_end"]) / max(u.metrics["loss_start"], 1e-9)
-            rows.append({"gain": gain, "progress": progress, "update": u.metrics["update_norm"], "time": t})
+            start, end = u.metrics.get("loss_start"), u.metrics.get("loss_end")
+            gain = (start - end) / max(start, 1e-9) if start is not None and end is not None else 0.0
+            rows.append({"gain": gain, "progress": progress, "update": u.metrics.get("update_norm", 0.0), "time": t})
             self.structures[u.device_index] = sub.structure
         rewards = cohort_rewards(rows, self.cfg.reward)
         for u, row, r in zip(updates, rows, rewards):
@@ -257,6 +327,12 @@ class FedSpine(FleetFedAvg):
             m["bandit/pulls_total"] = float(sum(b.t for b in self.bandits.values()))
             m["bandit/cells_mean"] = float(np.mean([len(b.cells) for b in self.bandits.values()]))
         for cls in sorted({d.class_name for d in self.devices}):
+            members = [d for d in self.devices if d.class_name == cls]
+            m[f"fedspine/{cls}/sparsity"] = float(np.mean([self.structure_of(d).sparsity(self.dims, self.hidden)
+                                                           for d in members]))
+            if not any(self.prunes(d) for d in members):  # dense devices train the global adapter at full rank
+                m[f"fedspine/{cls}/rank"] = float(self.max_rank)
+                continue
             rows = [r for r in self.arm_log if r["class"] == cls and r["round"] == self._last_round()]
             if rows:
                 m[f"fedspine/{cls}/ratio"] = float(np.mean([r["ratio"] for r in rows]))

@@ -302,10 +302,20 @@ class FleetFedAvg(Strategy):
         for name in sorted({self.devices[u.device_index].class_name for u, _ in good}):
             rows = [(u, b) for u, b in good if self.devices[u.device_index].class_name == name]
             weights = [u.num_examples for u, _ in rows]
-            out[f"train/loss/{name}"] = float(np.average([u.metrics["train_loss"] for u, _ in rows], weights=weights))
+            if all("train_loss" in u.metrics for u, _ in rows):  # withheld under user-level DP (private)
+                out[f"train/loss/{name}"] = float(np.average([u.metrics["train_loss"] for u, _ in rows],
+                                                             weights=weights))
             out[f"fleet/replies/{name}"] = len(rows)
             out[f"comm/bytes_up/{name}"] = sum(b for _, b in rows)
         return out
+
+    def full_coordinates(self, update: Update) -> dict[str, np.ndarray]:
+        """The update's delta in the global adapter's coordinates (strategies whose devices hold only part of
+        the adapter place it there, zeros elsewhere): what user-level DP clips and noises."""
+        return update.delta
+
+    def learn_from(self, server_round: int, updates: list[Update]) -> None:
+        """After a round's aggregation: what a strategy keeps from the replies (FedSpine: structures, bandits)."""
 
     def aggregate_updates(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
         """The global delta of this round (example-weighted FedAvg, or ``aggregation.rule``'s robust rule)."""
@@ -366,10 +376,13 @@ class FleetFedAvg(Strategy):
         if ledger.norm_bound is not None:  # how far honest deltas stay below the default bound (docs/faults.md)
             metrics["validation/norm_bound"] = ledger.norm_bound
             metrics["validation/update_norm_max"] = max(norms)
+        self.learn_from(server_round, updates)
         self.model_version += 1
         weights = np.array([u.num_examples for u in updates], dtype=float)
+        losses = all("train_loss" in u.metrics for u in updates)  # withheld under user-level DP (private)
+        if losses:
+            metrics["train/loss"] = float(np.average([u.metrics["train_loss"] for u in updates], weights=weights))
         metrics.update({
-            "train/loss": float(np.average([u.metrics["train_loss"] for u in updates], weights=weights)),
             "timing/client_compute_s": sum(u.metrics["compute_s"] for u in updates),
             "memory/peak_rss_mb": max(u.metrics.get("peak_rss_mb", 0.0) for u in updates),
             **self.class_metrics([(u, b) for u, b, _ in kept]),
@@ -377,7 +390,8 @@ class FleetFedAvg(Strategy):
         for trainer in {self.trainer_for(self.devices[u.device_index]) for u in updates}:
             mine = [u for u in updates if self.trainer_for(self.devices[u.device_index]) == trainer]
             metrics[f"memory/peak_rss_mb.{trainer}"] = max(u.metrics.get("peak_rss_mb", 0.0) for u in mine)
-            metrics[f"train/loss.{trainer}"] = float(np.mean([u.metrics["train_loss"] for u in mine]))
+            if losses:
+                metrics[f"train/loss.{trainer}"] = float(np.mean([u.metrics["train_loss"] for u in mine]))
         return to_array_record(new_global), MetricRecord(metrics)
 
     def _log_faults(self, server_round: int, ledger: RoundLedger, late: list) -> None:

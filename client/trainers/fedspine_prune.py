@@ -26,7 +26,7 @@ from models.base_checkpoint import base_dir, load_base_model
 from models.evaluation import next_token_stats
 from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
 from protocol.work import Work
-from pruning.importance import ImportanceTracker
+from pruning.importance import ImportanceTracker, weight_scores
 from pruning.prune import prune_model
 from pruning.schedule import step_levels
 from pruning.structure import Dims, Structure, full_shape, scatter_from, select, slice_to
@@ -38,6 +38,11 @@ def _dense_base(folder: str):
     from pathlib import Path
 
     return load_base_model(Path(folder))
+
+
+@lru_cache(maxsize=2)
+def _public_scores(folder: str, dims: Dims):
+    return weight_scores(_dense_base(folder), dims)
 
 
 def ratio_of(structure: Structure, dims: Dims) -> float:
@@ -117,7 +122,9 @@ class FedSpinePruneTrainer:
             losses.append(loss.item())
             if step < len(batches) and levels[step] > level:  # the schedule prunes after this iteration
                 level = levels[step]
-                heads, channels = tracker.full_scores(structure, dims)
+                # masks=public (user-level DP): data-free scores of the dense base, so the uploaded masks are public
+                heads, channels = _public_scores(str(base_dir(settings)), dims) if x.get("masks") == "public" \
+                    else tracker.full_scores(structure, dims)
                 new = select(heads, channels, structure, dims, level, str(x["head_rule"]))
                 current, _ = scatter_from(adapter_arrays(model), structure, dims, rank, full_shapes)
                 tracker.heads = [h[new.heads[i]] for i, h in enumerate(heads)]  # keep the EMA, new coordinates
