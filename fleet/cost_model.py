@@ -338,6 +338,12 @@ HOST_ALLOCATOR_FRACTION = 1.76  # backprop 1.76, ZeroQAT 1.42 at llama-384x6, 8 
 # already fp32) and log-softmax's output (saved for backward); backward, that saved output, the gradient nll_loss
 # hands it and the gradient it returns. 12 bytes per logit either way (10 forward in a 2-byte dtype).
 LOSS_BYTES_PER_LOGIT = 12
+# Forward-only (ZeroQAT: zeroqat's batch_loss -> next_token_stats under torch.inference_mode, nothing saved): in a
+# 2-byte compute dtype the logits (2) are dropped once ``.float()`` has copied them (4; the caller's reference is
+# handed to the callee, which rebinds it), then log-softmax writes its fp32 output (4): max(2 + 4, 4 + 4) = 8.
+# In fp32 ``.float()`` is a no-op view, the reshape copies it (4) while the logits (4) stay alive, plus
+# log-softmax's output (4): 12. Counted with torch.profiler(profile_memory=True) on the host (benchmarks/cost_model.py).
+FORWARD_LOSS_BYTES_PER_LOGIT = {True: 8, False: 12}  # by Kernels.mixed
 # Emulated W4A8 (the host's ZeroQAT path): fp32 transients while one linear is dequantized -- the codes as
 # float, minus zero, times scale -- 3 fp32 copies of the largest linear's weight.
 EMULATED_DEQUANT_COPIES = 3
@@ -379,7 +385,8 @@ def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None
     * ``working_set`` (forward-only): what one layer's live activations (residual, norm output, q/k/v,
       attention output, SwiGLU's four c and, on the emulated host path, that layer's dequantization) add beyond
       the loss's buffers (the two are never live together).
-    * ``loss``: ``LOSS_BYTES_PER_LOGIT`` per logit (tokens x vocab).
+    * ``loss``: ``LOSS_BYTES_PER_LOGIT`` per logit (tokens x vocab) with backprop, ``FORWARD_LOSS_BYTES_PER_LOGIT``
+      forward-only (or the LM head's weight cast next to the logits, if larger).
     * ``allocator``: ``kernels.allocator_bytes`` plus ``kernels.allocator_fraction`` of the transient terms.
     """
     kept = kept or job.segments[0][1]
@@ -403,6 +410,7 @@ def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None
         terms["adapter_state"] = lora * 16
         per_token = sum(nbytes * n for nbytes, n in saved_values_per_token(shape, kept, job, kernels).items())
         terms["saved_activations"] = L * t * per_token + t * h * (2 * 4 + ab)
+        terms["loss"] = LOSS_BYTES_PER_LOGIT * t * v
     else:
         terms["adapter_state"] = lora * 4
         layer = t * (3 * h + 2 * q + 2 * g + 4 * ch) * ab
@@ -410,9 +418,10 @@ def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None
             largest = max(i * o for i, o in shape.projections(kept).values())
             widest = max(i for i, _ in shape.projections(kept).values())
             layer += EMULATED_DEQUANT_COPIES * largest * 4 + 3 * t * widest * 4  # + smoothed, fake-quant input
-        terms["loss"] = LOSS_BYTES_PER_LOGIT * t * v
+        # the LM head under autocast with a wider stored head: its weight cast (V x h) next to the logits
+        head = (v * h + t * v) * ab if kernels.weight_bytes > ab else 0.0
+        terms["loss"] = max(FORWARD_LOSS_BYTES_PER_LOGIT[kernels.mixed] * t * v, head)
         terms["working_set"] = max(layer - terms["loss"], 0.0)  # a layer's and the loss's never live together
-    terms["loss"] = LOSS_BYTES_PER_LOGIT * t * v
     transient = sum(terms[k] for k in ("saved_activations", "working_set", "loss") if k in terms)
     terms["allocator"] = kernels.allocator_bytes + kernels.allocator_fraction * transient
     return terms

@@ -322,3 +322,22 @@ def test_memory_prediction_covers_a_step_measured_in_a_fresh_process():
     measured = measure(spec, timeout=600)["measured_bytes"]
     assert measured > shape.num_params() * 4  # the step holds at least the weights
     assert predicted >= 0.95 * measured
+
+
+def test_forward_only_loss_buffers_are_counted_from_torchs_allocations():
+    """ZeroQAT's batch loss (next_token_stats under inference_mode) holds 8 bytes per logit in bf16, 12 in fp32."""
+    import torch
+
+    from benchmarks.live_memory import peak_live_bytes
+    from fleet.cost_model import FORWARD_LOSS_BYTES_PER_LOGIT
+    from models.evaluation import next_token_stats
+
+    b, s, v = 2, 33, 3000
+    y = torch.randint(0, v, (b, s))
+    for dtype, mixed in ((torch.bfloat16, True), (torch.float32, False)):
+        def loss(dtype=dtype):
+            with torch.inference_mode():
+                next_token_stats(torch.randn(b, s, v, dtype=dtype), y)  # as batch_loss hands the logits over
+        peak, _ = peak_live_bytes(loss)
+        logits = b * s * v
+        assert FORWARD_LOSS_BYTES_PER_LOGIT[mixed] * logits * 0.95 <= peak <= FORWARD_LOSS_BYTES_PER_LOGIT[mixed] * logits
