@@ -84,6 +84,7 @@ class Job:
     segments: tuple[tuple[int, Kept], ...]  # (iterations, what each layer keeps) in order
     forwards_per_step: int = 1  # forward-only: 2 per SPSA direction
     quantized: Quantized | None = None
+    keeps_dense_base: bool = False  # the trainer holds the dense base next to the pruned model it trains (FedSpine)
 
     @property
     def steps(self) -> int:
@@ -375,6 +376,7 @@ def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None
 
     * ``base_weights``: the frozen base as stored -- ``weight_bytes`` per weight, or packed codes and group
       scales for a quantized base (embedding and norms stay float).
+    * ``dense_base`` (``job.keeps_dense_base``): the dense float base the trainer prunes its copy from, as stored.
     * ``autocast_weight_copies`` (backprop, base stored wider than the compute dtype): autocast casts each
       linear's weight for its matmul and the matmul saves that copy for the input gradient -- every linear but
       layer 0's q/k/v (their input needs no gradient), the LM head, and the fp32 LoRA factors.
@@ -398,6 +400,8 @@ def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None
     t, v = job.tokens_per_step, shape.vocab_size
     q, g, ch = kept.q_heads * d, kept.kv_heads * d, kept.channels
     terms = {"base_weights": L * stored + rest * kernels.weight_bytes}
+    if job.keeps_dense_base:  # client/trainers/fedspine_prune.py prunes a copy of the dense base it keeps
+        terms["dense_base"] = shape.num_params(shape.dense()) * kernels.weight_bytes
     if job.backprop:
         copies = 0.0
         if kernels.weight_bytes > ab:
