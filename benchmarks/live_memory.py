@@ -43,3 +43,45 @@ def tensor_bytes(tensors) -> int:
             seen.add(key)
             total += t.untyped_storage().nbytes()
     return total
+
+
+def _measure_here(spec: dict) -> dict:
+    """Build the spec's model (benchmarks/peak_memory.py's builder: the trainers' own loop bodies) and run its
+    steps, each under the profiler: live = what the build leaves allocated + the steps' peak above it."""
+    import gc
+    import warnings
+
+    import torch
+
+    from benchmarks.peak_memory import _runner
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(spec.get("threads", 2))
+    box = {}
+
+    def build():
+        box["steps"] = _runner(spec)
+        gc.collect()
+
+    _, built = peak_live_bytes(build)
+    gc.collect()
+    step_peak, _ = peak_live_bytes(box["steps"])
+    return {"live_bytes": built + step_peak, "built_bytes": built, "step_peak_bytes": step_peak}
+
+
+def measure(spec: dict, timeout: float = 900) -> dict:
+    """Run ``spec`` in a fresh interpreter (this repository on its path) and return its measurement."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "benchmarks.live_memory", json.dumps(spec)], cwd=root,
+                         capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(root)})
+    if out.returncode != 0:
+        raise RuntimeError(f"live_memory subprocess failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    print(json.dumps(_measure_here(json.loads(sys.argv[1]))))

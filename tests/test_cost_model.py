@@ -387,3 +387,19 @@ def test_fedspine_memory_counts_the_dense_base_its_trainer_keeps():
     assert terms["base_weights"] + terms["dense_base"] == held  # the pruned copy's weights and the dense base's
     alone = replace(job, keeps_dense_base=False)
     assert training_memory(shape, job, fp32) - training_memory(shape, alone, fp32) == tensor_bytes(base.parameters())
+
+
+def test_memory_prediction_matches_the_live_bytes_of_a_step():
+    """Peak bytes torch holds live during a real step (fresh process, torch.profiler) against the host prediction
+    without the allocator share: backprop (two steps with AdamW) and ZeroQAT (one SPSA step), pruned to 0.5."""
+    from benchmarks.cost_model import HOST_KERNELS, memory_job, tiny_spec
+    from benchmarks.live_memory import measure
+    from fleet.cost_model import training_memory
+
+    spec = tiny_spec(128, 2)
+    for trainer in ("lora_backprop", "zeroqat"):
+        measured = measure({**spec, "batch": 2, "seq": 64, "trainer": trainer, "sparsity": 0.5, "rank": 8,
+                            "threads": 1}, timeout=300)["live_bytes"]
+        shape, job = memory_job(spec, trainer, 0.5, 2, 64)
+        predicted = training_memory(shape, job, Kernels(**HOST_KERNELS))
+        assert 0.95 * measured <= predicted <= 1.25 * measured, (trainer, predicted, measured)
