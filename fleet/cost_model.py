@@ -384,9 +384,10 @@ def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None
       previous step's gradients are still alive during the forward), or 4 bytes each for forward-only training.
     * ``saved_activations`` (backprop): :func:`saved_values_per_token` x tokens x layers, plus the final norm's
       saved input and the LM head's input.
-    * ``working_set`` (forward-only): what one layer's live activations (residual, norm output, q/k/v,
-      attention output, SwiGLU's four c and, on the emulated host path, that layer's dequantization) add beyond
-      the loss's buffers (the two are never live together).
+    * ``working_set`` (forward-only): the forward's peak beyond the loss's buffers (the two are never live
+      together): the KV cache transformers keeps for every layer (2g per token and layer) plus one layer's live
+      values -- 4h in the residual dtype and 4c at up_proj's LoRA add, or on the emulated host path the widest
+      linear's dequantization -- counted with torch.profiler's allocation records on 1-layer Llamas.
     * ``loss``: ``LOSS_BYTES_PER_LOGIT`` per logit (tokens x vocab) with backprop, ``FORWARD_LOSS_BYTES_PER_LOGIT``
       forward-only (or the LM head's weight cast next to the logits, if larger).
     * ``allocator``: ``kernels.allocator_bytes`` plus ``kernels.allocator_fraction`` of the transient terms.
@@ -417,11 +418,19 @@ def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None
         terms["loss"] = LOSS_BYTES_PER_LOGIT * t * v
     else:
         terms["adapter_state"] = lora * 4
-        layer = t * (3 * h + 2 * q + 2 * g + 4 * ch) * ab
+        # the residual stream is in the float rest's dtype (weight_bytes: ZeroQAT keeps it fp32 under autocast)
+        hb = kernels.weight_bytes
+        # peak inside a layer, at up_proj's LoRA add: the embedding output, residual, norm output and up_proj's
+        # input 4h; silu(gate), up_proj's base output, the scaled LoRA output and their sum 4c
+        layer = t * (4 * h * hb + 4 * ch * ab)
         if job.quantized is not None and kernels.quant == "emulated":
             largest = max(i * o for i, o in shape.projections(kept).values())
             widest = max(i for i, _ in shape.projections(kept).values())
-            layer += EMULATED_DEQUANT_COPIES * largest * 4 + 3 * t * widest * 4  # + smoothed, fake-quant input
+            # or while the widest linear is dequantized: its fp32 copies and its smoothed, fake-quantized input
+            layer = max(layer, t * 3 * h * hb + EMULATED_DEQUANT_COPIES * largest * 4 + 3 * t * widest * 4)
+        # transformers' KV cache (use_cache defaults to True in eval): every layer's keys and values stay alive
+        # until the forward returns (backprop saves the same tensors anyway)
+        layer += L * t * 2 * g * ab
         # the LM head under autocast with a wider stored head: its weight cast (V x h) next to the logits
         head = (v * h + t * v) * ab if kernels.weight_bytes > ab else 0.0
         terms["loss"] = max(FORWARD_LOSS_BYTES_PER_LOGIT[kernels.mixed] * t * v, head)
