@@ -475,7 +475,8 @@ def write(result: dict) -> str:
             f"Points: {len(result['memory_points'])} of {result.get('memory_grid_size', '?')}. "
             f"**Worst under-prediction: {100 * result['memory_max_under']:.1f}%**; worst over-prediction "
             f"{100 * result['memory_max_over']:.1f}% (target: never under by more than 5%, at most 25% over). "
-            "Last column: the same point's peak RSS (next section) where measured, and the RSS prediction's error.",
+            "Last column: the same point's peak RSS (next section) where measured, and the error of the RSS "
+            "prediction made in that run (with the cost model of then).",
             "",
             "| model | tokens | trainer | sparsity | predicted MiB | live MiB | rel. error | RSS MiB (rel. error) |",
             "|---|---|---|---|---|---|---|---|",
