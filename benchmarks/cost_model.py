@@ -13,14 +13,16 @@ Per-step overhead: the host's per-operator cost is measured first, apart from th
 (hidden 64, 1-8 layers, 2 x 8 tokens; backprop), the slope of (measured - roofline) seconds against the
 operators the cost model counts for them (``step_operators``). Predicted = roofline + operators x that cost.
 
-Memory: ``memory_points``, the cost model's ``training_memory`` against the peak resident memory of one step
-measured in a fresh process (benchmarks/peak_memory.py) for 3 shapes (two tiny Llamas and SmolLM2-135M's shape,
-random weights) x 2 token counts x {backprop, ZeroQAT} x {dense, pruned 0.5}. The host allocator's working set
-(glibc's malloc keeps freed blocks: its resident peak is a multiple of the live bytes) is measured once, on a
-point outside that grid, as the ratio of measured to predicted transient bytes.
+Memory: ``memory_points``, the cost model's ``training_memory`` (host kernels, ``allocator_fraction=0``) against
+the peak bytes torch's CPU allocator holds live during one step, from torch.profiler's allocation records in a fresh
+process per point (benchmarks/live_memory.py), for 3 tiny Llamas x 2 token counts x {backprop, ZeroQAT} x
+{dense, pruned 0.5}: it validates the counted terms. ``--rss-memory`` also measures ``rss_memory_points``: the
+peak resident memory (benchmarks/peak_memory.py; glibc's heap on top of the live bytes) against the prediction
+with the host allocator share, measured once on a point outside that grid as the ratio of measured to predicted
+transient bytes (``allocator_fraction``, fleet/cost_model.py's HOST_ALLOCATOR_FRACTION).
 Writes docs/benchmarks/cost_model.{md,json}.
 
-    python -m benchmarks.cost_model [--threads 2] [--quick] [--skip-determinism] [--memory-only|--skip-memory]
+    python -m benchmarks.cost_model [--threads 2] [--quick] [--skip-determinism] [--memory-only|--skip-memory] [--rss-memory]
 """
 
 from __future__ import annotations
@@ -296,6 +298,47 @@ def host_allocator_fraction(threads: int) -> dict:
             "allocator_fraction": max(out.values())}
 
 
+LIVE_SHAPES = {"llama-128x2": tiny_spec(128, 2), "llama-256x4": tiny_spec(256, 4), "llama-512x8": tiny_spec(512, 8)}
+LIVE_LABEL = "live bytes: torch's CPU allocations (torch.profiler, profile_memory=True), fresh process"
+
+
+def live_memory_grid(threads: int, quick: bool = False, jobs: int = 1, rss_points: list[dict] = ()) -> list[dict]:
+    """``training_memory`` with the host kernels and no allocator share against the peak bytes torch holds live
+    (benchmarks/live_memory.py), each point in a fresh process; the RSS measurement of the same point, where
+    there is one, is attached (labelled ``rss_*``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks.live_memory import measure
+    from fleet.cost_model import Kernels, memory_terms, training_memory
+
+    kernels = Kernels(**HOST_KERNELS)
+    shapes = dict(list(LIVE_SHAPES.items())[:1]) if quick else LIVE_SHAPES
+    tokens = MEMORY_TOKENS[:1] if quick else MEMORY_TOKENS
+    grid = [(n, b, s, tr, lv) for n in shapes for b, s in tokens for tr in ("lora_backprop", "zeroqat")
+            for lv in ((0.0,) if quick else SPARSITIES)]
+    specs = [{**shapes[n], "batch": b, "seq": s, "trainer": tr, "sparsity": lv, "rank": MEMORY_RANK,
+              "threads": threads} for n, b, s, tr, lv in grid]
+    with ThreadPoolExecutor(jobs) as pool:
+        results = list(tqdm(pool.map(measure, specs), total=len(specs), desc="live memory points"))
+    rss = {(p["model"], p["tokens"], p["trainer"], p["sparsity"]): p for p in rss_points}
+    points = []
+    for (name, batch, seq, trainer, level), measured in zip(grid, results):
+        shape, job = memory_job(shapes[name], trainer, level, batch, seq)
+        predicted = training_memory(shape, job, kernels)
+        point = {"model": name, "tokens": f"{batch}x{seq}", "trainer": trainer, "sparsity": level,
+                 "rank": MEMORY_RANK, "measured": LIVE_LABEL, "predicted_bytes": predicted,
+                 "measured_bytes": measured["live_bytes"], "built_bytes": measured["built_bytes"],
+                 "step_peak_bytes": measured["step_peak_bytes"],
+                 "rel_error": (predicted - measured["live_bytes"]) / measured["live_bytes"],
+                 "terms": {k: float(v) for k, v in memory_terms(shape, job, kernels).items()}}
+        other = rss.get((name, point["tokens"], trainer, level))
+        if other is not None:
+            point.update(rss_predicted_bytes=other["predicted_bytes"], rss_measured_bytes=other["measured_bytes"],
+                         rss_rel_error=other["rel_error"])
+        points.append(point)
+    return points
+
+
 def memory_grid(threads: int, allocator_fraction: float, quick: bool = False, jobs: int = 1) -> list[dict]:
     from fleet.cost_model import Kernels, memory_terms, training_memory
 
@@ -376,7 +419,12 @@ def write(result: dict) -> str:
     mem_rows = [f"| {p['model']} | {p['tokens']} | {p['trainer']} | {p['sparsity']:g} | {_mib(p['predicted_bytes'])} | "
                 f"{_mib(p['measured_bytes'])} | {100 * p['rel_error']:+.1f}% | "
                 + " / ".join(_mib(p['terms'].get(k, 0.0)) for k in MEMORY_TERM_ORDER) + " |"
-                for p in result.get("memory_points", [])]
+                for p in result.get("rss_memory_points", [])]
+    live_rows = [f"| {p['model']} | {p['tokens']} | {p['trainer']} | {p['sparsity']:g} | {_mib(p['predicted_bytes'])} | "
+                 f"{_mib(p['measured_bytes'])} | {100 * p['rel_error']:+.1f}% | "
+                 + (f"{_mib(p['rss_measured_bytes'])} ({100 * p['rss_rel_error']:+.1f}%)" if "rss_measured_bytes" in p
+                    else "-") + " |"
+                 for p in result.get("memory_points", [])]
     lines = [
         "# Cost model vs measured step times and peak memory on this host",
         "",
@@ -411,13 +459,38 @@ def write(result: dict) -> str:
         *rows,
         "",
     ]
+    if live_rows:
+        lines += [
+            "## Peak live bytes of one step (validates the memory model's terms)",
+            "",
+            "fleet/cost_model.py's `training_memory` with the host kernels (fp32, SDPA attention, emulated W4A8, "
+            f"rank {MEMORY_RANK} on all 7 projections, per-tensor AdamW) and `allocator_fraction=0` against the peak "
+            "bytes torch's CPU allocator holds live, in a fresh process per point (benchmarks/live_memory.py: "
+            "torch.profiler with profile_memory=True; live = what building the model leaves allocated + the peak "
+            "of the steps above it; backprop two steps, ZeroQAT one SPSA step under inference_mode). This validates "
+            "the counted terms (weights, adapter and optimizer state, saved activations, working set, loss "
+            "buffers). Models trained and priced: tiny Llamas (head_dim 64, GQA, vocab "
+            f"{VOCAB}) with random weights; pruned = structured pruning at 0.5, the pruned model alone in memory.",
+            "",
+            f"Points: {len(result['memory_points'])} of {result.get('memory_grid_size', '?')}. "
+            f"**Worst under-prediction: {100 * result['memory_max_under']:.1f}%**; worst over-prediction "
+            f"{100 * result['memory_max_over']:.1f}% (target: never under by more than 5%, at most 25% over). "
+            "Last column: the same point's peak RSS (next section) where measured, and the error of the RSS "
+            "prediction made in that run (with the cost model of then).",
+            "",
+            "| model | tokens | trainer | sparsity | predicted MiB | live MiB | rel. error | RSS MiB (rel. error) |",
+            "|---|---|---|---|---|---|---|---|",
+            *live_rows,
+            "",
+        ]
     if mem_rows:
         frac = result["allocator_fraction_by_trainer"]
         lines += [
-            "## Peak memory of one step",
+            "## Peak resident memory of one step (validates the host allocator share)",
             "",
             "fleet/cost_model.py's `training_memory` (host kernels: fp32, SDPA attention, emulated W4A8, rank "
-            f"{MEMORY_RANK} on all 7 projections) against the step's peak resident memory in a fresh process "
+            f"{MEMORY_RANK} on all 7 projections, plus `HOST_ALLOCATOR_FRACTION` of the transient bytes for glibc's "
+            "heap) against the step's peak resident memory in a fresh process "
             "(benchmarks/peak_memory.py: VmHWM after the step minus the resident set before the model was built, "
             "code paths warmed on a tiny model first; backprop: two steps, ZeroQAT: one SPSA step). Models trained "
             "and priced: the tiny Llamas (vocab 2048) and SmolLM2-135M's shape (conf/cost/smollm2-135m.yaml) with "
@@ -429,9 +502,10 @@ def write(result: dict) -> str:
             + ", ".join(f"{k} {v:.2f}" for k, v in frac.items())
             + f"; the larger, **{result['allocator_fraction']:.2f}**, is `Kernels.allocator_fraction` for the host.",
             "",
-            f"Points measured: {len(result['memory_points'])} of the grid's {result.get('memory_grid_size', '?')}. "
-            f"**Worst under-prediction: {100 * result['memory_max_under']:.1f}%**; worst over-prediction "
-            f"{100 * result['memory_max_over']:.1f}% (target: never under by more than 5%, at most 25% over).",
+            f"Points measured: {len(result['rss_memory_points'])} of the grid's "
+            f"{result.get('rss_memory_grid_size', '?')} (`--rss-memory`). Worst under-prediction: "
+            f"{100 * result['rss_memory_max_under']:.1f}%; worst over-prediction "
+            f"{100 * result['rss_memory_max_over']:.1f}% (RSS depends on glibc's heap and the host's load).",
             "",
             "| model | tokens | trainer | sparsity | predicted MiB | measured MiB | rel. error | "
             + " / ".join(MEMORY_TERM_ORDER) + " (MiB) |",
@@ -460,6 +534,8 @@ def main() -> dict:
     parser.add_argument("--memory-cache", type=Path, default=None,
                         help="JSON-lines file of measured memory points, reused when the same point is asked again")
     parser.add_argument("--cache-dir", default="/tmp/edgefleet-bench-cache")
+    parser.add_argument("--rss-memory", action="store_true",
+                        help="also the peak-RSS memory grid (benchmarks/peak_memory.py; slow) and the host allocator share")
     parser.add_argument("--memory-cached-only", action="store_true",
                         help="report only the memory points already in --memory-cache (an interrupted run)")
     parser.add_argument("--out", type=Path, default=OUT, help="where cost_model.{md,json} go (merged into those)")
@@ -470,15 +546,26 @@ def main() -> dict:
     new = {}
     if not args.memory_only:
         new.update(time_results(args))
-    if not args.skip_memory:
+    previous = OUT / "cost_model.json"  # read now: a part run keeps the other part's results
+    old = json.loads(previous.read_text()) if previous.exists() else {}
+    if old.get("memory_points") and "measured" not in old["memory_points"][0]:  # RSS points of an earlier run
+        old.update(rss_memory_points=old.pop("memory_points"), rss_memory_grid_size=old.pop("memory_grid_size", None),
+                   rss_memory_max_under=old.pop("memory_max_under", None),
+                   rss_memory_max_over=old.pop("memory_max_over", None))
+    if not args.skip_memory and args.rss_memory:
         allocator = host_allocator_fraction(args.threads)
         points = memory_grid(args.threads, allocator["allocator_fraction"], args.quick, args.memory_jobs)
         errors = [p["rel_error"] for p in points]
-        new.update(allocator, memory_points=points, memory_grid_size=len(MEMORY_SHAPES) * len(MEMORY_TOKENS) * 2
-                   * len(SPARSITIES), memory_max_under=max(0.0, -min(errors)),
-                   memory_max_over=max(0.0, max(errors)))
-    previous = OUT / "cost_model.json"  # read now: a part run keeps the other part's results
-    result = {**(json.loads(previous.read_text()) if previous.exists() else {}), **new}
+        new.update(allocator, rss_memory_points=points, rss_memory_grid_size=len(MEMORY_SHAPES) * len(MEMORY_TOKENS)
+                   * 2 * len(SPARSITIES), rss_memory_max_under=max(0.0, -min(errors)),
+                   rss_memory_max_over=max(0.0, max(errors)))
+    if not args.skip_memory:
+        points = live_memory_grid(args.threads, args.quick, args.memory_jobs,
+                                  new.get("rss_memory_points", old.get("rss_memory_points", [])))
+        errors = [p["rel_error"] for p in points]
+        new.update(memory_points=points, memory_grid_size=len(LIVE_SHAPES) * len(MEMORY_TOKENS) * 2 * len(SPARSITIES),
+                   memory_max_under=max(0.0, -min(errors)), memory_max_over=max(0.0, max(errors)))
+    result = {**old, **new}
     print(write(result))
     return result
 

@@ -43,6 +43,10 @@ SPARSITIES = (0.0, 0.5)
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RANK, ALPHA = 8, 16.0
 CLASS_EFFICIENCY = 0.25  # conf/device/*.yaml: every class's assumed matmul efficiency for these trainers
+# Per dispatched operator on this GPU's host (``seconds(..., operator_s=...)``): the 13 us of docs/cost_model.md
+# that conf/device/*.yaml's operator_us scale from. Derived from the H200's 8 x 64 step times in
+# /work/shared/gpu.md, so not independent of this benchmark's small-token points.
+OPERATOR_S = 13e-6
 WARMUP, REPEATS = 2, 5
 
 
@@ -129,7 +133,7 @@ def predict(config, name: str, trainer: str, sparsity: float, batch: int, seq: i
             profile: dict) -> dict:
     """The cost model's seconds and bytes for one step of this point, on this GPU's profile."""
     from fleet.arch import ArchShape
-    from fleet.cost_model import Job, Kernels, Quantized, job_cost, training_memory
+    from fleet.cost_model import DEVICE_ALLOCATOR_BYTES, Job, Kernels, Quantized, job_cost, training_memory
     from quantization.spec import parse_wa
     from runconfig.schema import ZeroQATConfig
 
@@ -141,11 +145,14 @@ def predict(config, name: str, trainer: str, sparsity: float, batch: int, seq: i
     job = Job(backprop=not forward_only, rank=RANK, targets=TARGETS, batch_size=batch, seq_len=seq,
               segments=((1, shape.kept(sparsity)),), forwards_per_step=2 * z.perturbations if forward_only else 1,
               quantized=quantized)
-    # what runs here: bf16 activations; ZeroQAT's host implementation dequantizes each layer (emulated)
-    kernels = Kernels(act_bytes=2, weight_bytes=weight_bytes, quant="emulated" if forward_only else "fused")
+    # what runs here: bf16 activations; ZeroQAT's host implementation dequantizes each layer (emulated); CUDA's
+    # foreach AdamW; the caching allocator's fixed working set
+    kernels = Kernels(act_bytes=2, weight_bytes=weight_bytes, quant="emulated" if forward_only else "fused",
+                      foreach_optimizer=True, allocator_bytes=DEVICE_ALLOCATOR_BYTES)
     cost = job_cost(shape, job, kernels).total()
     return {
-        "predicted_s": cost.seconds(profile["peak_flops"] * CLASS_EFFICIENCY, profile["bandwidth"]),
+        "predicted_s": cost.seconds(profile["peak_flops"] * CLASS_EFFICIENCY, profile["bandwidth"], OPERATOR_S),
+        "operators": cost.operators,
         "roofline_s": cost.seconds(profile["peak_flops"], profile["bandwidth"]),
         "gemm_flops": cost.gemm_flops,
         "predicted_bytes": int(training_memory(shape, job, kernels)),
@@ -314,6 +321,24 @@ def run(points, device, budget_s: float, base: str = "auto", repeats: int = REPE
     return result()
 
 
+def reprice(result: dict, commit: str) -> dict:
+    """Recompute every measured point's prediction (and the ratios) with the current cost model; the measured
+    values are left as they are."""
+    profile = {"peak_flops": result["peak_flops"], "bandwidth": result["bandwidth_bytes_per_s"]}
+    for row in result["points"]:
+        if row.get("error"):
+            continue
+        config = priced_config(row["model"])
+        weight_bytes = 4.0 if row["base_dtype"] == "float32" else 2.0
+        row.update(predict(config, row["model"], row["trainer"], row["sparsity"], row["batch"], row["seq_len"],
+                           weight_bytes, profile))
+        row["time_ratio"] = row["predicted_s"] / row["measured_s"]
+        if row.get("peak_bytes"):
+            row["memory_ratio"] = row["predicted_bytes"] / row["peak_bytes"]
+    result["repriced_at"] = commit
+    return result
+
+
 def _gib(b) -> str:
     return "-" if b is None else f"{b / 2**30:.2f}"
 
@@ -353,6 +378,16 @@ def markdown(result: dict) -> str:
                      f"{r['implied_efficiency']:.3f} | {_gib(r['peak_bytes'])} ({_gib(r['peak_reserved_bytes'])}) | "
                      f"{_gib(r['predicted_bytes'])} | {mem} | {r['trainer_ok']} |")
     lines += ["", f"Wall time {result['wall_s']:.0f} s.", ""]
+    if result.get("repriced_at"):
+        ratios = {t: [r["memory_ratio"] for r in result["points"] if r["trainer"] == t and r.get("memory_ratio")]
+                  for t in TRAINERS}
+        lines += [f"Predictions (predicted s, predicted GiB and the ratios) recomputed at commit "
+                  f"{result['repriced_at']} with that commit's fleet/cost_model.py (`python -m benchmarks.gpu "
+                  "--reprice`) from the H200 measurements of 2026-12-04; measured values unchanged. Per-operator "
+                  f"overhead {OPERATOR_S * 1e6:.0f} us (derived from the H200's 8 x 64 step times, so not independent "
+                  "of these points).",
+                  "Predicted/measured memory: " + "; ".join(
+                      f"{t} {min(v):.2f}-{max(v):.2f}" for t, v in ratios.items() if v) + ".", ""]
     return "\n".join(lines)
 
 
@@ -363,7 +398,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", choices=("auto", "fp32"), default="auto", help="base storage dtype")
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--reprice", action="store_true",
+                        help="no GPU: recompute the predictions of the measured points in OUT/gpu.json and rewrite it")
     args = parser.parse_args(argv)
+    if args.reprice:
+        import subprocess
+
+        path = args.out / "gpu.json"
+        if not path.is_file():
+            print(f"benchmarks.gpu --reprice: {path} does not exist", file=sys.stderr)
+            return 2
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True).stdout.strip() or "unknown"
+        result = reprice(json.loads(path.read_text()), commit)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "gpu.md").write_text(markdown(result))
+        print(markdown(result).splitlines()[-2])
+        return 0
     import torch
 
     if not torch.cuda.is_available():

@@ -84,6 +84,7 @@ class Job:
     segments: tuple[tuple[int, Kept], ...]  # (iterations, what each layer keeps) in order
     forwards_per_step: int = 1  # forward-only: 2 per SPSA direction
     quantized: Quantized | None = None
+    keeps_dense_base: bool = False  # the trainer holds the dense base next to the pruned model it trains (FedSpine)
 
     @property
     def steps(self) -> int:
@@ -338,6 +339,12 @@ HOST_ALLOCATOR_FRACTION = 1.76  # backprop 1.76, ZeroQAT 1.42 at llama-384x6, 8 
 # already fp32) and log-softmax's output (saved for backward); backward, that saved output, the gradient nll_loss
 # hands it and the gradient it returns. 12 bytes per logit either way (10 forward in a 2-byte dtype).
 LOSS_BYTES_PER_LOGIT = 12
+# Forward-only (ZeroQAT: zeroqat's batch_loss -> next_token_stats under torch.inference_mode, nothing saved): in a
+# 2-byte compute dtype the logits (2) are dropped once ``.float()`` has copied them (4; the caller's reference is
+# handed to the callee, which rebinds it), then log-softmax writes its fp32 output (4): max(2 + 4, 4 + 4) = 8.
+# In fp32 ``.float()`` is a no-op view, the reshape copies it (4) while the logits (4) stay alive, plus
+# log-softmax's output (4): 12. Counted with torch.profiler(profile_memory=True) on the host (benchmarks/cost_model.py).
+FORWARD_LOSS_BYTES_PER_LOGIT = {True: 8, False: 12}  # by Kernels.mixed
 # Emulated W4A8 (the host's ZeroQAT path): fp32 transients while one linear is dequantized -- the codes as
 # float, minus zero, times scale -- 3 fp32 copies of the largest linear's weight.
 EMULATED_DEQUANT_COPIES = 3
@@ -369,6 +376,7 @@ def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None
 
     * ``base_weights``: the frozen base as stored -- ``weight_bytes`` per weight, or packed codes and group
       scales for a quantized base (embedding and norms stay float).
+    * ``dense_base`` (``job.keeps_dense_base``): the dense float base the trainer prunes its copy from, as stored.
     * ``autocast_weight_copies`` (backprop, base stored wider than the compute dtype): autocast casts each
       linear's weight for its matmul and the matmul saves that copy for the input gradient -- every linear but
       layer 0's q/k/v (their input needs no gradient), the LM head, and the fp32 LoRA factors.
@@ -376,10 +384,12 @@ def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None
       previous step's gradients are still alive during the forward), or 4 bytes each for forward-only training.
     * ``saved_activations`` (backprop): :func:`saved_values_per_token` x tokens x layers, plus the final norm's
       saved input and the LM head's input.
-    * ``working_set`` (forward-only): what one layer's live activations (residual, norm output, q/k/v,
-      attention output, SwiGLU's four c and, on the emulated host path, that layer's dequantization) add beyond
-      the loss's buffers (the two are never live together).
-    * ``loss``: ``LOSS_BYTES_PER_LOGIT`` per logit (tokens x vocab).
+    * ``working_set`` (forward-only): the forward's peak beyond the loss's buffers (the two are never live
+      together): the KV cache transformers keeps for every layer (2g per token and layer) plus one layer's live
+      values -- 4h in the residual dtype and 4c at up_proj's LoRA add, or on the emulated host path the widest
+      linear's dequantization -- counted with torch.profiler's allocation records on 1-layer Llamas.
+    * ``loss``: ``LOSS_BYTES_PER_LOGIT`` per logit (tokens x vocab) with backprop, ``FORWARD_LOSS_BYTES_PER_LOGIT``
+      forward-only (or the LM head's weight cast next to the logits, if larger).
     * ``allocator``: ``kernels.allocator_bytes`` plus ``kernels.allocator_fraction`` of the transient terms.
     """
     kept = kept or job.segments[0][1]
@@ -391,6 +401,8 @@ def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None
     t, v = job.tokens_per_step, shape.vocab_size
     q, g, ch = kept.q_heads * d, kept.kv_heads * d, kept.channels
     terms = {"base_weights": L * stored + rest * kernels.weight_bytes}
+    if job.keeps_dense_base:  # client/trainers/fedspine_prune.py prunes a copy of the dense base it keeps
+        terms["dense_base"] = shape.num_params(shape.dense()) * kernels.weight_bytes
     if job.backprop:
         copies = 0.0
         if kernels.weight_bytes > ab:
@@ -403,16 +415,26 @@ def memory_terms(shape: ArchShape, job: Job, kernels: Kernels, kept: Kept | None
         terms["adapter_state"] = lora * 16
         per_token = sum(nbytes * n for nbytes, n in saved_values_per_token(shape, kept, job, kernels).items())
         terms["saved_activations"] = L * t * per_token + t * h * (2 * 4 + ab)
+        terms["loss"] = LOSS_BYTES_PER_LOGIT * t * v
     else:
         terms["adapter_state"] = lora * 4
-        layer = t * (3 * h + 2 * q + 2 * g + 4 * ch) * ab
+        # the residual stream is in the float rest's dtype (weight_bytes: ZeroQAT keeps it fp32 under autocast)
+        hb = kernels.weight_bytes
+        # peak inside a layer, at up_proj's LoRA add: the embedding output, residual, norm output and up_proj's
+        # input 4h; silu(gate), up_proj's base output, the scaled LoRA output and their sum 4c
+        layer = t * (4 * h * hb + 4 * ch * ab)
         if job.quantized is not None and kernels.quant == "emulated":
             largest = max(i * o for i, o in shape.projections(kept).values())
             widest = max(i for i, _ in shape.projections(kept).values())
-            layer += EMULATED_DEQUANT_COPIES * largest * 4 + 3 * t * widest * 4  # + smoothed, fake-quant input
-        terms["loss"] = LOSS_BYTES_PER_LOGIT * t * v
+            # or while the widest linear is dequantized: its fp32 copies and its smoothed, fake-quantized input
+            layer = max(layer, t * 3 * h * hb + EMULATED_DEQUANT_COPIES * largest * 4 + 3 * t * widest * 4)
+        # transformers' KV cache (use_cache defaults to True in eval): every layer's keys and values stay alive
+        # until the forward returns (backprop saves the same tensors anyway)
+        layer += L * t * 2 * g * ab
+        # the LM head under autocast with a wider stored head: its weight cast (V x h) next to the logits
+        head = (v * h + t * v) * ab if kernels.weight_bytes > ab else 0.0
+        terms["loss"] = max(FORWARD_LOSS_BYTES_PER_LOGIT[kernels.mixed] * t * v, head)
         terms["working_set"] = max(layer - terms["loss"], 0.0)  # a layer's and the loss's never live together
-    terms["loss"] = LOSS_BYTES_PER_LOGIT * t * v
     transient = sum(terms[k] for k in ("saved_activations", "working_set", "loss") if k in terms)
     terms["allocator"] = kernels.allocator_bytes + kernels.allocator_fraction * transient
     return terms

@@ -26,6 +26,7 @@ from pruning.schedule import segments
 from runconfig.schema import Settings
 
 FORWARD_ONLY_TRAINERS = {"zeroqat"}
+DENSE_BASE_TRAINERS = {"fedspine_prune"}  # hold the dense base next to the pruned model they train
 
 
 def priced_shape(settings: Settings, trained: ArchShape) -> ArchShape:
@@ -74,7 +75,8 @@ class Pricer:
             quantized = Quantized(spec.w_bits, z.group_size, spec.a_bits)
         return Job(backprop=not forward_only, rank=rank, targets=self.targets, batch_size=batch_size,
                    seq_len=self.settings.data.seq_len, segments=tuple((n, self.kept(lv)) for n, lv in runs),
-                   forwards_per_step=2 * z.perturbations if forward_only else 1, quantized=quantized)
+                   forwards_per_step=2 * z.perturbations if forward_only else 1, quantized=quantized,
+                   keeps_dense_base=trainer in DENSE_BASE_TRAINERS)
 
     # ------------------------------------------------------------------ rates
     def matmul_rate(self, device: Device, trainer: str, job: Job) -> float:

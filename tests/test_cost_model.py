@@ -322,3 +322,84 @@ def test_memory_prediction_covers_a_step_measured_in_a_fresh_process():
     measured = measure(spec, timeout=600)["measured_bytes"]
     assert measured > shape.num_params() * 4  # the step holds at least the weights
     assert predicted >= 0.95 * measured
+
+
+def test_forward_only_loss_buffers_are_counted_from_torchs_allocations():
+    """ZeroQAT's batch loss (next_token_stats under inference_mode) holds 8 bytes per logit in bf16, 12 in fp32."""
+    import torch
+
+    from benchmarks.live_memory import peak_live_bytes
+    from fleet.cost_model import FORWARD_LOSS_BYTES_PER_LOGIT
+    from models.evaluation import next_token_stats
+
+    b, s, v = 2, 33, 3000
+    y = torch.randint(0, v, (b, s))
+    for dtype, mixed in ((torch.bfloat16, True), (torch.float32, False)):
+        def loss(dtype=dtype):
+            with torch.inference_mode():
+                next_token_stats(torch.randn(b, s, v, dtype=dtype), y)  # as batch_loss hands the logits over
+        peak, _ = peak_live_bytes(loss)
+        logits = b * s * v
+        assert FORWARD_LOSS_BYTES_PER_LOGIT[mixed] * logits * 0.95 <= peak <= FORWARD_LOSS_BYTES_PER_LOGIT[mixed] * logits
+
+
+def test_fedspine_memory_counts_the_dense_base_its_trainer_keeps():
+    """client/trainers/fedspine_prune.py trains a pruned copy (build_submodel) and keeps the dense base: the priced
+    weights of a FedSpine job are the tensors both models really hold."""
+    import copy
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from benchmarks.gpu import build_model
+    from benchmarks.live_memory import tensor_bytes
+    from benchmarks.peak_memory import llama_config
+    from client.trainers.fedspine_prune import build_submodel
+    from fleet.cost_model import memory_terms, training_memory
+    from fleet.pricing import Pricer
+    from models.lora import adapter_arrays, attach_lora
+    from pruning.structure import Dims, Structure, select
+    from runconfig.schema import LoraConfig
+
+    spec = {"hidden": 64, "intermediate": 160, "layers": 2, "heads": 4, "kv_heads": 2, "head_dim": 16, "vocab": 512,
+            "seq": 32}
+    base = build_model(llama_config(spec), torch.device("cpu"))
+    dims = Dims.of(base.config)
+    lora = LoraConfig(rank=4, alpha=8.0, target_modules=list(ALL7))
+    full = adapter_arrays(attach_lora(copy.deepcopy(base), lora, 0, 4))
+    rng = np.random.default_rng(0)
+    structure = select([rng.random(dims.num_heads) for _ in range(dims.num_layers)],
+                       [rng.random(dims.intermediate_size) for _ in range(dims.num_layers)],
+                       Structure.dense(dims), dims, 0.5)
+    model = build_submodel(base, structure, dims, lora, 4, 0, full)
+    frozen = [p for m in (base, model) for p in m.parameters() if not p.requires_grad]
+    held = tensor_bytes(frozen)
+
+    settings = compose(["+fleet=8dev_test", "method=fedspine"])
+    shape = ArchShape.from_hf_config(base.config, "probe")
+    pricer = Pricer(settings, shape)
+    fp32 = Kernels(act_bytes=4, weight_bytes=4.0, quant="emulated")
+    kept = shape.kept(structure.level(dims), settings.method.fedspine.head_rule)
+    job = pricer.job("fedspine_prune", 4, 2, 1, [structure.level(dims)])
+    assert job.keeps_dense_base and not pricer.job("lora_backprop", 4, 2, 1).keeps_dense_base
+    terms = memory_terms(shape, job, fp32, kept)
+    assert terms["base_weights"] + terms["dense_base"] == held  # the pruned copy's weights and the dense base's
+    alone = replace(job, keeps_dense_base=False)
+    assert training_memory(shape, job, fp32) - training_memory(shape, alone, fp32) == tensor_bytes(base.parameters())
+
+
+def test_memory_prediction_matches_the_live_bytes_of_a_step():
+    """Peak bytes torch holds live during a real step (fresh process, torch.profiler) against the host prediction
+    without the allocator share: backprop (two steps with AdamW) and ZeroQAT (one SPSA step), pruned to 0.5."""
+    from benchmarks.cost_model import HOST_KERNELS, memory_job, tiny_spec
+    from benchmarks.live_memory import measure
+    from fleet.cost_model import training_memory
+
+    spec = tiny_spec(128, 2)
+    for trainer in ("lora_backprop", "zeroqat"):
+        measured = measure({**spec, "batch": 2, "seq": 64, "trainer": trainer, "sparsity": 0.5, "rank": 8,
+                            "threads": 1}, timeout=300)["live_bytes"]
+        shape, job = memory_job(spec, trainer, 0.5, 2, 64)
+        predicted = training_memory(shape, job, Kernels(**HOST_KERNELS))
+        assert 0.95 * measured <= predicted <= 1.25 * measured, (trainer, predicted, measured)
