@@ -172,11 +172,18 @@ class UserLevelDP:
                 logger.warning("device %d: unusable record-level DP report %s", u.device_index,
                                (steps, sigma, q))
                 continue
+            # delta = 1 / n^1.1 over the device's records: n as the server knows it (its windows in a simulation,
+            # validation.max_examples in a deployment); the reply's own count was withheld as private
+            records = self.max_examples(u.device_index)
+            if records is None:
+                logger.warning("device %d: record-level epsilon needs its record count (validation.max_examples)",
+                               u.device_index)
+                continue
             acc = self._record_accountants.setdefault(
                 u.device_index, make_accountant(self.privacy.record.accountant, "poisson", 0))
             for _ in range(int(u.metrics["dp_record_steps"])):
                 acc.step(noise_multiplier=u.metrics["dp_record_sigma"], sample_rate=u.metrics["dp_record_q"])
-            self._record_delta[u.device_index] = 1.0 / max(u.num_examples, 2) ** 1.1
+            self._record_delta[u.device_index] = 1.0 / max(records, 2) ** 1.1
         eps = [a.get_epsilon(delta=self._record_delta[i]) for i, a in self._record_accountants.items()]
         return {"privacy/record_epsilon_max": max(eps)} if eps else {}
 

@@ -275,7 +275,7 @@ def test_resume_finds_the_checkpoint_by_path_run_id_or_latest_unfinished_run(tmp
 )
 def test_bad_fault_settings_name_the_key_and_the_fix(overrides, key):
     with pytest.raises(ConfigError, match=rf"'{key}'.*Fix: "):
-        compose(["+fleet=8dev_test", *overrides])
+        compose(["+fleet=8dev_test", "model=tiny-llama", "simulation=ray", *overrides])
 
 
 def test_fault_settings_that_make_sense_validate():

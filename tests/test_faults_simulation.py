@@ -156,9 +156,11 @@ def test_a_round_without_enough_replies_is_retried_then_skipped_never_hangs(tmp_
               ("jetson_tx2", "jetson_xavier_nx", "jetson_agx_xavier", "pixel_8", "oneplus_12")],
             *fast_overrides, f"hydra.run.dir={tmp_path / 'out'}"]
     proc = run_cli(args, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # a run that never aggregated an update ends with one error line and exit 1, not a success (issue 25)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no update was aggregated in 1 round(s)")
     client, run = only_run(uri)
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FAILED"
     rid = run.info.run_id
     assert history(client, rid, "fleet/attempts") == [(1, 2)]
     assert history(client, rid, "fleet/failures") == [(1, 8)]  # 4 devices per attempt

@@ -29,7 +29,8 @@ def test_bad_privacy_config_is_a_config_error(overrides, message):
 
 
 def test_good_config_resolves_delta_and_calibrates_sigma():
-    plan = resolve_plan(compose(["+fleet=80dev", "method=dp_lora", "privacy.target_epsilon=4", "rounds=10"]))
+    plan = resolve_plan(compose(["+fleet=80dev", "model=tiny-llama", "simulation=ray", "method=dp_lora",
+                                 "privacy.target_epsilon=4", "rounds=10"]))
     assert plan.delta == pytest.approx(1 / 80**1.1) and plan.sample_rate == pytest.approx(16 / 80)
     assert plan.expected_cohort == 16 and 0 < plan.sigma and plan.planned_epsilon <= 4.0
     none = compose(["+fleet=80dev"])

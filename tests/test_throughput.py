@@ -282,4 +282,4 @@ def test_reuse_freed_memory_keeps_freed_blocks_in_the_process(tmp_path):
     assert released["default"] > 12 * 1024
     assert released["reuse"] < 1024
     assert compose(["+fleet=8dev_test", "simulation=fast"]).simulation.reuse_freed_memory
-    assert not compose(["+fleet=8dev_test"]).simulation.reuse_freed_memory
+    assert not compose(["+fleet=8dev_test", "simulation=ray"]).simulation.reuse_freed_memory

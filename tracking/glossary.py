@@ -36,6 +36,11 @@ METRICS: list[tuple[str, str]] = [
     ("fleet/surplus", "over-selected replies not needed (federation.over_selection)"),
     ("fleet/attempts", "attempts the round took (a short round is retried with a fresh cohort)"),
     ("fleet/skipped_round", "1 when the round ended without an update (the global adapter stayed)"),
+    ("fleet/round_failed", "1 when the round's aggregation raised: logged with its traceback, the run goes on"),
+    ("validation/norm_bound", "the round's absolute bound on an update's L2 norm (validation.norm_bound_factor x "
+                              "the larger of the global adapter's norm and the recent median update norm)"),
+    ("validation/update_norm_max", "the largest accepted update norm this round (how far below the bound honest "
+                                   "updates stay)"),
     ("timing/*", "host wall-clock seconds: the real time this machine spent (not the simulated device time); "
                  "overhead_share: the part of a round's wall time outside client training"),
     ("memory/peak_rss_mb*", "peak resident memory of the client worker processes on this host, MB"),
