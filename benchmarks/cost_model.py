@@ -143,7 +143,7 @@ def pruned(base, level: float, seed: int = 0):
 
 def backprop_step_s(base, lora_cfg, rank: int, x: torch.Tensor, repeats: int = REPEATS) -> float:
     """Median seconds of a LoRA backprop step, as client/trainers/lora_backprop.py runs it."""
-    from models.evaluation import next_token_stats
+    from client.trainers.lora_backprop import backprop_step
     from models.lora import attach_lora
 
     model = attach_lora(copy.deepcopy(base), lora_cfg, 0, rank)
@@ -151,12 +151,7 @@ def backprop_step_s(base, lora_cfg, rank: int, x: torch.Tensor, repeats: int = R
     model.train()
 
     def step():
-        loss_sum, _, tokens = next_token_stats(model(input_ids=x).logits, x)
-        loss = loss_sum / max(tokens, 1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss.item()
+        backprop_step(model, optimizer, x, x)
 
     return timed(step, repeats, WARMUP)
 

@@ -191,9 +191,8 @@ def measure_point(config, trainer: str, sparsity: float, batch: int, seq: int, d
 
     from client.device_detect import autocast, base_dtype, hold_frozen_in
     from client.runtime import DeviceData
-    from client.trainers.lora_backprop import LoraBackpropTrainer
+    from client.trainers.lora_backprop import LoraBackpropTrainer, backprop_step
     from client.trainers.zeroqat import batch_loss, zeroqat_local_training
-    from models.evaluation import next_token_stats
     from models.lora import attach_lora
     from protocol.work import Work
     from runconfig.schema import LoraConfig, ZeroQATConfig
@@ -225,14 +224,9 @@ def measure_point(config, trainer: str, sparsity: float, batch: int, seq: int, d
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
         model.train()
 
-        def step():
+        def step():  # the trainer's own step, under the autocast the client runtime wraps it in
             with autocast(device, "auto"):
-                loss_sum, _, tokens = next_token_stats(model(input_ids=x).logits, x)
-                loss = loss_sum / max(tokens, 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss.item()
+                backprop_step(model, optimizer, x, x)
 
     gc.collect()
     if cuda:

@@ -72,7 +72,7 @@ def _runner(spec: dict):
     import torch
 
     from models.architectures import build_model
-    from models.evaluation import next_token_stats
+    from client.trainers.lora_backprop import backprop_step
     from models.lora import attach_lora
     from runconfig.schema import LoraConfig, ZeroQATConfig
 
@@ -85,13 +85,8 @@ def _runner(spec: dict):
         model.train()
 
         def steps():
-            for _ in range(2):  # client/trainers/lora_backprop.py
-                loss_sum, _, tokens = next_token_stats(model(input_ids=x).logits, x)
-                loss = loss_sum / max(tokens, 1)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss.item()
+            for _ in range(2):
+                backprop_step(model, optimizer, x, x)
         return steps
     from client.trainers.zeroqat import batch_loss
     from zeroqat.model import build_quantized, calibration_batches, trainable_tensors

@@ -13,6 +13,17 @@ from models.lora import adapter_arrays
 from protocol.work import Work
 
 
+def backprop_step(model, optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One AdamW step on the adapter: mean next-token loss, backward, step. Returns the loss (the trainer's step;
+    the benchmarks time this same function)."""
+    loss_sum, _, tokens = next_token_stats(model(input_ids=x).logits, y)
+    loss = loss_sum / max(tokens, 1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 class LoraBackpropTrainer:
     name = "lora_backprop"
 
@@ -23,13 +34,7 @@ class LoraBackpropTrainer:
         losses = []
         start = time.perf_counter()
         for idx in batch_indices(len(data.train_inputs), work.batch_size, work.local_steps, work.seed):
-            x, y = data.train_inputs[idx], data.train_labels[idx]
-            loss_sum, _, tokens = next_token_stats(model(input_ids=x).logits, y)
-            loss = loss_sum / max(tokens, 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(backprop_step(model, optimizer, data.train_inputs[idx], data.train_labels[idx]))
         compute_s = time.perf_counter() - start
         model.eval()
         return TrainResult(
