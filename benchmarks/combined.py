@@ -21,16 +21,27 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 EPSILONS = [math.inf, 8.0, 2.0]
 
 
+def pretrained_here(model: str) -> bool:
+    """Whether the project pretrains this model itself (the tiny proxies); a GGUF or Hub model has no pretrain
+    settings to override."""
+    import yaml
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "model" / f"{model}.yaml"
+    return "pretrain" in (yaml.safe_load(conf.read_text()) or {})
+
+
 def overrides(args, eps: float) -> list[str]:
+    pretrain = [f"model.pretrain.steps={args.pretrain_steps}",
+                f"model.pretrain.warmup_steps={max(1, args.pretrain_steps // 10)}"] if pretrained_here(args.model) else []
     return [
         "+fleet=80dev", f"model={args.model}", "method=combined", f"rounds={args.rounds}", f"seed={args.seed}",
         f"federation.cohort_size={args.cohort}", "federation.eval_cohort_size=0",
         f"client.local_steps={args.local_steps}", f"method.fedspine.prune_every={args.prune_every}",
         f"method.fedspine.sparsity_step={args.sparsity_step}", f"privacy.target_epsilon={eps}",
         f"privacy.clip_norm={args.clip}", f"data.central_eval_windows={args.eval_windows}",
-        f"model.pretrain.steps={args.pretrain_steps}", f"model.pretrain.warmup_steps={max(1, args.pretrain_steps // 10)}",
         "simulation=fast", f"cache_dir={args.cache_dir}", f"tracking.uri=sqlite:///{args.workdir}/mlflow.db",
         "tracking.experiment=benchmark-combined", "tracking.log_adapter=false", "checkpoint.enabled=false",
+        *pretrain,
     ]
 
 
@@ -90,8 +101,9 @@ def render(args, rows: list[dict]) -> str:
     classes = sorted(rows[0]["bytes_up_by_class"])
     lines = [
         "# The combined federation under user-level DP (`python -m benchmarks.combined`)", "",
-        f"Trained model: **{rows[0]['model']}** (the proxy; pretrained {args.pretrain_steps} steps on the public "
-        f"split). Priced model (simulated clock and bytes): **{rows[0]['priced_as']}**. Fleet 80dev (N = 80), "
+        f"Trained model: **{rows[0]['model']}** ("
+        + (f"the proxy; pretrained {args.pretrain_steps} steps on the public split" if pretrained_here(args.model)
+           else "pretrained, loaded as shipped") + "). Priced model (simulated clock and bytes): **{rows[0]['priced_as']}**. Fleet 80dev (N = 80), "
         f"Poisson cohorts of expected size {args.cohort}, {args.rounds} rounds, {args.local_steps} local steps, "
         f"clip C = {args.clip}, delta = 1/N^1.1, seed {args.seed}. Jetsons run FedSpine (bandit arms, public masks),",
         "phones run ZeroQAT on packed W4A8 bases; every update is clipped in the global adapter's full coordinates "
