@@ -103,7 +103,7 @@ def render(args, rows: list[dict]) -> str:
         "# The combined federation under user-level DP (`python -m benchmarks.combined`)", "",
         f"Trained model: **{rows[0]['model']}** ("
         + (f"the proxy; pretrained {args.pretrain_steps} steps on the public split" if pretrained_here(args.model)
-           else "pretrained, loaded as shipped") + "). Priced model (simulated clock and bytes): **{rows[0]['priced_as']}**. Fleet 80dev (N = 80), "
+           else "pretrained, loaded as shipped") + f"). Priced model (simulated clock and bytes): **{rows[0]['priced_as']}**. Fleet 80dev (N = 80), "
         f"Poisson cohorts of expected size {args.cohort}, {args.rounds} rounds, {args.local_steps} local steps, "
         f"clip C = {args.clip}, delta = 1/N^1.1, seed {args.seed}. Jetsons run FedSpine (bandit arms, public masks),",
         "phones run ZeroQAT on packed W4A8 bases; every update is clipped in the global adapter's full coordinates "
@@ -137,10 +137,12 @@ def render(args, rows: list[dict]) -> str:
               f"coordinate of the global adapter each round has std sigma C / {args.cohort} ({per_coord}), on "
               "every coordinate, padding included, while each clipped update spreads at most C over all of them. "
               "At this population that noise outweighs the updates; user-level DP pays off on populations of "
-              "thousands (docs/benchmarks/dp.md: N = 1000). Short run on a proxy model pretrained briefly, one "
-              "seed: read the ordering, not the digits.", "",
-              "Real model (smollm2-135m): not run yet; `python -m benchmarks.combined --model smollm2-135m` writes "
-              "docs/benchmarks/combined_smollm2-135m.{md,json} once that model config lands.", ""]
+              "thousands (docs/benchmarks/dp.md: N = 1000). Short run, one seed: read the ordering, not the "
+              "digits.", ""]
+    aggregated = [r.get("updates_aggregated") for r in rows]
+    lines += [f"Global adapters made from at least one update, per epsilon: {aggregated}. A reply whose "
+              "training loss rose by more than validation.max_loss_rise is rejected as diverged (docs/faults.md); "
+              "the run log names each one.", ""]
     return "\n".join(lines)
 
 
