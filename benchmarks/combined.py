@@ -46,7 +46,8 @@ def overrides(args, eps: float) -> list[str]:
 
 
 def run_one(args, eps: float) -> dict:
-    from runconfig.load import compose, to_plain
+    from runconfig.load import compose
+    from runconfig.plain import to_plain
     from server.federation import run_server
     from simulations.inprocess import InProcessGrid
 

@@ -367,7 +367,8 @@ def sim_times(cache: str, workdir: Path, tag: str) -> list[float]:
     from models.base_checkpoint import load_base_model
     from models.lora import adapter_arrays, attach_lora
     from protocol.messages import to_array_record
-    from runconfig.load import compose, to_plain
+    from runconfig.load import compose
+    from runconfig.plain import to_plain
     from server.central_evaluation import CentralEvaluator
     from server.federation import History, simulation_concurrency
     from server.preflight import prepare

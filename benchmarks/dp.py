@@ -45,7 +45,8 @@ def overrides(args, method: str, eps: float, seed: int) -> list[str]:
 
 
 def run_one(args, method: str, eps: float, seed: int) -> dict:
-    from runconfig.load import compose, to_plain
+    from runconfig.load import compose
+    from runconfig.plain import to_plain
     from server.federation import run_server
     from server.preflight import prepare
     from simulations.inprocess import InProcessGrid

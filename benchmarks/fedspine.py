@@ -93,7 +93,8 @@ class SparseAndDenseEvaluator:
 def run_one(method: str, seed: int, rounds: int, cache: str, uri: str, extra: tuple[str, ...] = (),
             sparsity: float = 0.5, cost: str = "smollm2-135m") -> dict:
     """One federated run in-process; returns its per-round history (dense and sparse quality) and final state."""
-    from runconfig.load import compose, to_plain
+    from runconfig.load import compose
+    from runconfig.plain import to_plain
     from server.central_evaluation import CentralEvaluator
     from server.federation import History, simulation_concurrency
     from server.preflight import prepare

@@ -190,7 +190,7 @@ def measure_point(config, trainer: str, sparsity: float, batch: int, seq: int, d
     import torch
 
     from client.device_detect import autocast, base_dtype, hold_frozen_in
-    from client.runtime import DeviceData
+    from client.device_data import DeviceData
     from client.trainers.lora_backprop import LoraBackpropTrainer, backprop_step
     from client.trainers.zeroqat import batch_loss, zeroqat_local_training
     from models.lora import attach_lora

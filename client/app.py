@@ -127,7 +127,8 @@ def build_client_app(plain_settings: dict) -> ClientApp:
 
 
 def _settings_from_run_config(context: Context) -> dict:
-    from runconfig.load import compose, to_plain
+    from runconfig.load import compose
+    from runconfig.plain import to_plain
 
     return to_plain(compose(str(context.run_config.get("overrides", "")).split()))
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
+from runconfig.choices import ComputeDevice, Precision
+
 logger = logging.getLogger(__name__)
 
 NODE_DEVICE_CLASS = "device-class"
 NODE_TRAINER = "trainer"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,10 @@ def trainer_of(node_config, forced: str | None, classes: dict, fleet_class: str,
 # ------------------------------------------------------------------ compute device and precision
 def select_device(preference: str = "auto") -> torch.device:
     """``auto``: the GPU when CUDA works (Jetson, workstation), else the CPU. ``cuda`` without CUDA falls back to
-    the CPU with a warning, so one config runs on every device of a mixed fleet."""
-    if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"client.device must be auto, cpu or cuda (got '{preference}')")
+    the CPU with a warning, so one config runs on every device of a mixed fleet. The settings' value was checked
+    with the config (``client.device`` is a :class:`ComputeDevice`); a caller's own string is checked here."""
+    if preference not in set(ComputeDevice):
+        raise ValueError(f"client.device must be one of {', '.join(ComputeDevice)} (got '{preference}')")
     if preference == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
@@ -135,8 +137,8 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     TX2/Xavier have fast fp16 but no bf16), fp32 on CPUs. ``bf16``/``fp16`` force it (bf16 on a CPU works,
     fp16 on a CPU falls back to fp32); ``fp32`` turns it off.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"client.precision must be one of {', '.join(PRECISIONS)} (got '{precision}')")
+    if precision not in set(Precision):
+        raise ValueError(f"client.precision must be one of {', '.join(Precision)} (got '{precision}')")
     if precision == "fp32":
         return None
     if device.type == "cuda":

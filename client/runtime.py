@@ -13,27 +13,14 @@ from functools import lru_cache
 
 import torch
 
+from client.device_data import DeviceData
 from client.device_detect import attention_for, autocast, autocast_dtype, base_dtype, hold_frozen_in, select_device
 from fleet.devices import Device, build_fleet
 from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
 from models.lora import attach_lora
-from runconfig.load import from_plain
+from runconfig.plain import from_plain
 from runconfig.schema import Settings
 from textdata.corpus import Corpus, assign_clients, windows
-
-
-@dataclass
-class DeviceData:
-    train_inputs: torch.Tensor
-    train_labels: torch.Tensor
-    test_inputs: torch.Tensor
-    test_labels: torch.Tensor
-
-    def to_model(self, model: torch.nn.Module) -> DeviceData:
-        """The same data on the model's device (the GPU for the runtime's model, the CPU for a trainer's own)."""
-        device = next(model.parameters()).device
-        return DeviceData(*(t.to(device) for t in (self.train_inputs, self.train_labels, self.test_inputs,
-                                                   self.test_labels)))
 
 
 @dataclass

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import torch
 
+from runconfig.errors import ConfigError
 from runconfig.schema import GgufSource
 
 
 def _missing(what: str, fix: str):
-    from runconfig.load import ConfigError  # lazily: runconfig.load imports the strategies
-
     return ConfigError(f"{what}. Fix: {fix}")
 
 

@@ -4,6 +4,10 @@ Population N = ``fleet.size`` (one user per device). Expected cohort = ``federat
 Poisson rate is q = cohort_size / N and the DP-FedAvg denominator is q N = cohort_size. delta defaults to
 1 / N^1.1 (below 1/N, as a meaningful user-level guarantee needs). sigma is ``privacy.noise_multiplier`` or is
 calibrated from ``privacy.target_epsilon`` for ``rounds`` rounds.
+
+:func:`check_privacy` checks the settings alone (no accountant, no torch); :func:`resolve_plan` then calibrates
+sigma with Opacus's accountant. Both run in runconfig.check.validate, before any work. Allowed values (mode,
+accountant, sampling, noise placement, rng) are the schema's enums.
 """
 
 from __future__ import annotations
@@ -12,19 +16,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from runconfig.load import ConfigError
+from runconfig.choices import PrivacyMode
+from runconfig.errors import require as _require
 from runconfig.schema import Settings
 
 if TYPE_CHECKING:
     from privacy.accounting import PrivacyBudget
-
-CHOICES = {
-    "mode": ("none", "user"),
-    "accountant": ("rdp", "prv"),
-    "sampling": ("poisson", "fixed"),
-    "noise_placement": ("server", "client"),
-    "rng": ("seeded", "secure"),
-}
 
 
 @dataclass(frozen=True)
@@ -46,25 +43,19 @@ class PrivacyPlan:
                              self.sample_rate, self.delta, budget)
 
 
-def _require(ok: bool, key: str, problem: str, fix: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}': {problem}. Fix: {fix}")
+def _delta(s: Settings) -> float:
+    n = s.fleet.size
+    return s.privacy.delta if s.privacy.delta is not None else 1.0 / n**1.1
 
 
-def resolve_plan(s: Settings) -> PrivacyPlan:
-    """Check ``privacy`` against the fleet and rounds; calibrate sigma. Raises ConfigError naming the key."""
-    from privacy.accounting import calibrate_sigma, epsilon_for  # Opacus is imported only when DP is on
-
+def check_privacy(s: Settings) -> None:
+    """Check ``privacy`` against the fleet, without an accountant (imports no torch). Raises ConfigError."""
     p = s.privacy
-    for key, options in CHOICES.items():
-        value = getattr(p, key)
-        _require(value in options, f"privacy.{key}", f"unknown '{value}'", " or ".join(options))
     n, m = s.fleet.size, s.federation.cohort_size
     _require(m <= n, "federation.cohort_size", f"the cohort ({m}) is larger than the population ({n} users)",
              f"federation.cohort_size<={n} or a larger fleet.size")
-    q = m / n
     _require(p.clip_norm > 0, "privacy.clip_norm", f"must be > 0 (got {p.clip_norm})", "privacy.clip_norm=0.5")
-    delta = p.delta if p.delta is not None else 1.0 / n**1.1
+    delta = _delta(s)
     _require(0 < delta < 1.0 / n, "privacy.delta",
              f"{delta:g} is not below 1/population (1/{n}): a mechanism may then publish one user's data outright",
              f"privacy.delta=null (1/N^1.1 = {1.0 / n**1.1:.3g}) or a value < {1.0 / n:.3g}")
@@ -81,8 +72,16 @@ def resolve_plan(s: Settings) -> PrivacyPlan:
     if rec.enabled:
         _require(rec.noise_multiplier > 0, "privacy.record.noise_multiplier", "must be > 0", "e.g. 1.0")
         _require(rec.clip_norm > 0, "privacy.record.clip_norm", "must be > 0", "e.g. 1.0")
-        _require(rec.accountant in ("rdp", "prv"), "privacy.record.accountant", f"unknown '{rec.accountant}'", "rdp or prv")
 
+
+def resolve_plan(s: Settings) -> PrivacyPlan:
+    """:func:`check_privacy`, then calibrate sigma (Opacus's accountant). Raises ConfigError naming the key."""
+    check_privacy(s)
+    from privacy.accounting import calibrate_sigma, epsilon_for  # Opacus (and torch) only when DP is on
+
+    p = s.privacy
+    n, m = s.fleet.size, s.federation.cohort_size
+    q, delta = m / n, _delta(s)
     if p.noise_multiplier is not None:
         sigma = float(p.noise_multiplier)
     elif math.isinf(p.target_epsilon):
@@ -105,7 +104,6 @@ def resolve_plan(s: Settings) -> PrivacyPlan:
 
 
 def validate_privacy(s: Settings) -> None:
-    if s.privacy.mode not in CHOICES["mode"]:
-        raise ConfigError(f"config key 'privacy.mode': unknown '{s.privacy.mode}'. Fix: none or user")
-    if s.privacy.mode == "user":
-        resolve_plan(s)
+    """The privacy section's part of runconfig.check.validate: settings first, then the accountant."""
+    if s.privacy.mode == PrivacyMode.user:
+        resolve_plan(s)  # a bad setting is refused (check_privacy) before Opacus and torch are imported

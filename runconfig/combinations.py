@@ -2,24 +2,18 @@
 
 Each check below names a combination that would otherwise fail on every device, or whose setting would be
 replaced by another without a word; such a run is refused in one line naming the keys and the fix
-(runconfig.load.ConfigError, exit 2). Imports no torch: it reads only the typed settings.
+(runconfig.errors.ConfigError, exit 2). Called by runconfig.check.validate. Imports no torch: it reads only the
+typed settings.
 """
 
 from __future__ import annotations
 
+from runconfig.choices import FORWARD_ONLY_TRAINERS, MaskSource, PrivacyMode, TrainerName
+from runconfig.errors import refuse as _refuse
 from runconfig.schema import Settings
 
-# Mirrors of names defined next to the code that uses them (kept import-light; tests check they agree).
-FEDSPINE_METHODS = ("fedspine", "fedspine_random", "fedspine_fixed", "hetlora", "combined")
-FEDSPINE_TRAINER = "fedspine_prune"
-RECORD_TRAINER = "lora_dpsgd"
-FORWARD_ONLY_TRAINERS = ("zeroqat",)
-
-
-def _refuse(key: str, problem: str, fix: str) -> None:
-    from runconfig.load import ConfigError
-
-    raise ConfigError(f"config key '{key}': {problem}. Fix: {fix}")
+FEDSPINE_TRAINER = TrainerName.fedspine_prune
+RECORD_TRAINER = TrainerName.lora_dpsgd
 
 
 def device_trainers(s: Settings) -> dict[str, str]:
@@ -32,9 +26,9 @@ def device_trainers(s: Settings) -> dict[str, str]:
 def masks_under(s: Settings) -> str:
     """The FedSpine mask source a run uses: ``local`` (device importance) or ``public`` (dense base weights)."""
     f = s.method.fedspine
-    if f is None or f.masks == "auto":
-        return "public" if s.privacy.mode == "user" else "local"
-    return f.masks
+    if f is None or f.masks == MaskSource.auto:
+        return MaskSource.public if s.privacy.mode == PrivacyMode.user else MaskSource.local
+    return MaskSource(f.masks)
 
 
 def check_combinations(s: Settings) -> None:

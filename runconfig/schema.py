@@ -3,6 +3,9 @@
 Hydra composes YAML from ``conf/``; :func:`runconfig.load.to_settings` merges the result onto these dataclasses
 (so a wrong type or an unknown key fails with the key's name) and returns a :class:`Settings`. Code reads these
 objects, never raw dicts. Defaults live in the YAML files, not here: every field below is set by ``conf/``.
+
+Every setting with a fixed set of values is typed with an enum of runconfig/choices.py, so OmegaConf refuses
+any other value naming the key. Imports nothing of the project but runconfig/choices.py (a leaf).
 """
 
 from __future__ import annotations
@@ -11,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import MISSING
+
+from runconfig.choices import (Accountant, AggregationRule, Arch, Backend, Clock, ComputeDevice, FedSpinePolicy, HeadRule,
+                               LoraRescale, LrSchedule, MaskSource, MethodName, NoisePlacement, NoiseRng, Partitioner,
+                               Precision, PrivacyMode, RankDistribution, Sampling, ShortRound, TimeReference, TrainerName,
+                               ZeroQATTrainable)
 
 
 @dataclass
@@ -31,7 +39,7 @@ class DeviceClass:
     downlink_mbps: float = MISSING
     availability: float = 1.0  # probability the device is online in a given round
     failure_rate: float = 0.0  # probability a device that starts a round's training fails before replying
-    trainer: str = "lora_backprop"
+    trainer: TrainerName = TrainerName.lora_backprop
 
 
 @dataclass
@@ -65,7 +73,7 @@ class GgufSource:
 @dataclass
 class ModelConfig:
     name: str = MISSING  # a label for logs, tables and the priced model (cost=trained)
-    arch: str = "llama"  # llama | qwen2 | mistral (for models the project builds)
+    arch: Arch = Arch.llama  # for models the project builds
     name_or_path: Optional[str] = None  # local dir or hub id; when set, arch/sizes/pretrain are ignored
     gguf: Optional[GgufSource] = None  # a packaged GGUF base; when set, arch/sizes/pretrain are ignored
     hidden_size: int = 256
@@ -93,7 +101,7 @@ class DataConfig:
     # Hugging Face path (data.name != shakespeare)
     data_files: Optional[str] = None
     text_column: str = "text"
-    partitioner: str = "iid"  # iid | dirichlet | natural_id
+    partitioner: Partitioner = Partitioner.iid
     partition_by: Optional[str] = None  # label column (dirichlet) or id column (natural_id)
     dirichlet_alpha: float = 0.5
     num_partitions: int = 100
@@ -108,7 +116,7 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=list)
     # How a rank-r adapter is scaled: standard = alpha / r (PEFT's default); dylora = (alpha / rank) * sqrt(rank / r),
     # DyLoRA's official rescaling (Valipour et al. 2023), equal to standard at the full rank.
-    rescale: str = "standard"
+    rescale: LoraRescale = LoraRescale.standard
 
 
 @dataclass
@@ -119,7 +127,7 @@ class FedSpineRewardConfig:
     prune: float = 0.5  # pruning progress toward fedspine.target_sparsity
     importance: float = 0.5  # size of the LoRA update (||delta(sBA)||_F), relative to the cohort's largest
     time: float = 1.0  # completion time relative to the cohort's (time_reference) time (a penalty)
-    time_reference: str = "median"  # median | max: what a device's completion time is divided by
+    time_reference: TimeReference = TimeReference.median  # what a device's completion time is divided by
 
 
 @dataclass
@@ -136,7 +144,7 @@ class FedSpineBanditConfig:
 class FedSpineConfig:
     """FedSpine and the baselines that share its harness (conf/method/{fedspine,hetlora,fedspine_*}.yaml)."""
 
-    policy: str = "bandit"  # bandit | random | fixed | class_ranks: how each device's (ratio, rank) is chosen
+    policy: FedSpinePolicy = FedSpinePolicy.bandit  # how each device's (ratio, rank) is chosen
     ranks: list[int] = field(default_factory=lambda: [2, 4, 8, 16])  # arm ranks (<= method.lora.rank)
     max_ratio: float = 0.6  # largest pruning ratio (target sparsity level) an arm may ask for
     target_sparsity: float = 0.5  # deployment sparsity: pruning progress is measured toward it
@@ -147,10 +155,10 @@ class FedSpineConfig:
     prune_every: int = 20  # local iterations between pruning steps (the paper's best: ~20)
     sparsity_step: float = 0.1  # pruning ratio added per pruning step
     importance_ema: float = 0.9  # EMA factor of the LoRAPrune importance over local iterations
-    head_rule: str = "within_groups"  # within_groups | whole_groups (GQA)
+    head_rule: HeadRule = HeadRule.within_groups  # GQA
     # auto: local without DP, public under privacy=user_dp | local: LoRAPrune importance from the device's own
     # gradients | public: weight magnitudes of the dense base (data-free; the server recomputes them), docs/privacy.md
-    masks: str = "auto"
+    masks: MaskSource = MaskSource.auto
     keep_forward_only: bool = False  # devices whose class trainer is forward-only (zeroqat) keep it (method=combined)
     reward: FedSpineRewardConfig = field(default_factory=FedSpineRewardConfig)
     bandit: FedSpineBanditConfig = field(default_factory=FedSpineBanditConfig)
@@ -160,14 +168,14 @@ class FedSpineConfig:
 class DyLoraConfig:
     """DP-DyLoRA's per-round rank (privacy/dylora.py): drawn by the server, public, the same for the round."""
 
-    rank_distribution: str = "uniform"  # uniform over [min_rank, lora.rank] | fixed (always lora.rank: DP-LoRA)
+    rank_distribution: RankDistribution = RankDistribution.uniform  # uniform over [min_rank, lora.rank] | fixed (always lora.rank: DP-LoRA)
     min_rank: int = 1
     eval_ranks: list[int] = field(default_factory=list)  # ranks evaluated centrally after training
 
 
 @dataclass
 class MethodConfig:
-    name: str = MISSING
+    name: MethodName = MISSING
     lora: LoraConfig = field(default_factory=LoraConfig)
     dylora: Optional[DyLoraConfig] = None  # set by conf/method/dp_dylora.yaml and dp_lora.yaml
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings, validated by the method
@@ -183,24 +191,24 @@ class FederationConfig:
     deadline_s: Optional[float] = None  # simulated-clock deadline per round; later replies are dropped as late
     over_selection: float = 0.0  # ask cohort_size * (1 + this) devices; keep the first cohort_size to arrive
     min_replies: int = 1  # fewer usable replies than this: the round is short
-    on_short_round: str = "retry"  # retry (a fresh cohort, up to max_retries) | skip (keep the global adapter)
+    on_short_round: ShortRound = ShortRound.retry  # retry (a fresh cohort, up to max_retries) | skip (keep the global adapter)
     max_retries: int = 2
 
 
 @dataclass
 class ClientConfig:
-    trainer: Optional[str] = None  # overrides every device class's trainer when set
+    trainer: Optional[TrainerName] = None  # overrides every device class's trainer when set
     local_steps: int = 12
     batch_size: int = 8
     lr: float = 2e-3
     eval_batches: int = 4
-    device: str = "auto"  # auto | cpu | cuda: the GPU when CUDA works, else the CPU (client/device_detect.py)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16: autocast dtype (auto: bf16/fp16 on CUDA, fp32 on CPU)
+    device: ComputeDevice = ComputeDevice.auto  # the GPU when CUDA works, else the CPU (client/device_detect.py)
+    precision: Precision = Precision.auto  # autocast dtype (auto: bf16/fp16 on CUDA, fp32 on CPU)
 
 
 @dataclass
 class SimulationConfig:
-    backend: str = "ray"  # ray: Flower's simulation engine | inprocess: the ClientApp handlers in this process
+    backend: Backend = Backend.ray  # ray: Flower's simulation engine | inprocess: the ClientApp handlers in this process
     # inprocess only: a round's backprop-LoRA devices of one shape train as one batch (one base forward for many
     # adapters; client/cohort.py), and devices evaluating the same adapter share forward passes
     cohort_batching: bool = False
@@ -241,7 +249,7 @@ class ValidationConfig:
 class AggregationConfig:
     """How accepted deltas are combined (strategies/robust_aggregation.py)."""
 
-    rule: str = "mean"  # mean (example-weighted FedAvg) | krum | multikrum | trimmed_mean
+    rule: AggregationRule = AggregationRule.mean  # mean: example-weighted FedAvg
     num_malicious: int = 0  # f in Krum's n - f - 2 closest neighbours
     num_to_select: int = 1  # MultiKrum: deltas averaged after selection (1 = Krum)
     trim_fraction: float = 0.1  # trimmed mean: fraction cut at each end, per coordinate
@@ -267,22 +275,22 @@ class RecordDpConfig:
     enabled: bool = False
     noise_multiplier: float = 1.0
     clip_norm: float = 1.0  # per-example gradient L2 bound
-    accountant: str = "rdp"  # rdp | prv (the server composes each device's record-level steps)
+    accountant: Accountant = Accountant.rdp  # the server composes each device's record-level steps)
 
 
 @dataclass
 class PrivacyConfig:
     """User-level DP-FedAvg (McMahan et al. 2018) with Opacus accounting; see docs/privacy.md."""
 
-    mode: str = "none"  # none | user
+    mode: PrivacyMode = PrivacyMode.none
     clip_norm: float = 1.0  # C: every client's whole update is clipped to this L2 norm
     noise_multiplier: Optional[float] = None  # sigma: noise std on the sum is sigma * C
     target_epsilon: Optional[float] = None  # calibrates sigma when noise_multiplier is null; always a budget
     delta: Optional[float] = None  # null: 1 / N^1.1 with N the population (fleet.size)
-    accountant: str = "rdp"  # rdp | prv (Opacus); fixed sampling uses dp_accounting's without-replacement RDP
-    sampling: str = "poisson"  # poisson (rate q = cohort_size / N) | fixed (exactly cohort_size)
-    noise_placement: str = "server"  # server (trusted aggregator) | client (each client adds its share)
-    rng: str = "seeded"  # seeded (numpy Generator from seed, reproducible) | secure (OS CSPRNG)
+    accountant: Accountant = Accountant.rdp  # Opacus; fixed sampling uses dp_accounting's without-replacement RDP
+    sampling: Sampling = Sampling.poisson  # poisson (rate q = cohort_size / N) | fixed (exactly cohort_size)
+    noise_placement: NoisePlacement = NoisePlacement.server  # server (trusted aggregator) | client (each client adds its share)
+    rng: NoiseRng = NoiseRng.seeded  # seeded (numpy Generator from seed, reproducible) | secure (OS CSPRNG)
     record: RecordDpConfig = field(default_factory=RecordDpConfig)
 
 
@@ -295,9 +303,9 @@ class ZeroQATConfig:
     smoothing_alpha: float = 0.5  # SmoothQuant migration strength; 0 = no smoothing
     clipping: bool = True  # calibrated (grid-searched) clipping bounds; false = round-to-nearest ranges
     calibration_windows: int = 16  # public-split windows for activation statistics
-    trainable: str = "lora"  # lora (aggregates in the fleet) | qv (q_proj/v_proj master weights) | qparams
+    trainable: ZeroQATTrainable = ZeroQATTrainable.lora  # lora (aggregates in the fleet) | qv (q_proj/v_proj master weights) | qparams
     lr: float = 1.0e-2  # ZO step size (its own scale: SPSA steps are not AdamW steps)
-    lr_schedule: str = "constant"  # constant | linear | cosine (over a round's local steps)
+    lr_schedule: LrSchedule = LrSchedule.constant  # (over a round's local steps)
     eps: float = 1.0e-2  # perturbation scale
     perturbations: int = 1  # q: SPSA directions averaged per step (2q forward passes)
     grad_clip: float = 0.0  # clip each projected gradient to [-c, c]; 0 = off
@@ -325,7 +333,7 @@ class CostConfig:
     """What a device is charged (fleet/pricing.py): conf/cost/*.yaml."""
 
     priced_as: str = "trained"  # the priced model's name (conf/cost/trained.yaml: the trained model's, model.name)
-    clock: str = "analytic"  # analytic | host_scaled (host-measured compute scaled to the device) | measured
+    clock: Clock = Clock.analytic
     wire_bytes: int = 4  # bytes per adapter value on the wire (float32, protocol/messages.py)
     shape: Optional[PricedShapeConfig] = None  # None: the trained model's own shape
 

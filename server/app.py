@@ -10,7 +10,8 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from runconfig.load import compose, from_plain
+from runconfig.load import compose
+from runconfig.plain import from_plain
 from server.federation import run_server
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from runconfig.load import ConfigError, flatten
+from runconfig.errors import ConfigError
+from runconfig.plain import flatten
 
 FORMAT = 1
 MAGIC = b"EDGEFLEET-CHECKPOINT\n"
@@ -53,6 +53,8 @@ class Checkpoint:
 
 def rng_state() -> dict[str, Any]:
     """Global RNG states (python, numpy, torch) for hooks that draw from them (e.g. server-side DP noise)."""
+    import torch  # here, not at the top: checking a resume (simulations.run's precheck) imports no torch
+
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
@@ -62,6 +64,8 @@ def restore_rng(state: dict[str, Any]) -> None:
     if "numpy" in state:
         np.random.set_state(state["numpy"])
     if "torch" in state:
+        import torch
+
         torch.set_rng_state(state["torch"])
 
 

@@ -15,7 +15,7 @@ from models.base_checkpoint import load_base_model
 from models.generation import held_out_prompts, side_by_side, to_markdown
 from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
 from protocol.messages import from_array_record, to_array_record
-from runconfig.load import to_plain
+from runconfig.plain import to_plain
 from runconfig.schema import Settings
 from server import checkpoint as ckpt
 from server.central_evaluation import CentralEvaluator

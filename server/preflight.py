@@ -9,7 +9,8 @@ from fleet.arch import ArchShape
 from fleet.devices import Device, build_fleet
 from fleet.pricing import Pricer
 from models.base_checkpoint import base_dir, ensure_base_checkpoint, load_corpus
-from runconfig.load import ConfigError
+from runconfig.choices import TrainerName
+from runconfig.errors import ConfigError
 from runconfig.schema import Settings
 from textdata.corpus import Corpus, assign_clients
 
@@ -38,7 +39,7 @@ def check_fits(settings: Settings, shape: ArchShape, devices: list[Device]) -> N
     c = settings.client
 
     def need(device: Device) -> int:
-        trainer = "fedspine_prune" if fs is not None else (c.trainer or device.profile.trainer)
+        trainer = TrainerName.fedspine_prune if fs is not None else (c.trainer or device.profile.trainer)
         return pricer.memory(pricer.job(trainer, rank, c.batch_size, c.local_steps))
 
     if not any(need(d) <= d.usable_memory_bytes for d in devices):

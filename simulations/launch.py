@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 
-from runconfig.load import to_plain
+from runconfig.plain import to_plain
 from runconfig.schema import Settings
 
 

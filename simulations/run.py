@@ -16,7 +16,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from runconfig.load import ConfigError, available, compose, fix_for_key, to_plain, to_settings
+from runconfig.errors import ConfigError
+from runconfig.load import available, compose, fix_for_key, to_settings
+from runconfig.plain import to_plain
 from server.checkpoint import CheckpointError, check_compatible, load, resolve_resume
 from textdata.shakespeare import DatasetPackageMissing
 

@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import Result
 from fleet.devices import Device
 from privacy.dylora import embed, evaluate_at_rank, sample_rank, truncate
 from protocol.messages import from_array_record, to_array_record
-from runconfig.load import ConfigError
+from runconfig.errors import ConfigError
 from runconfig.schema import DyLoraConfig
 from strategies.fleet_fedavg import FleetFedAvg, seeded
 

@@ -40,7 +40,7 @@ from pruning.importance import public_structure, weight_scores
 from pruning.schedule import step_levels
 from runconfig.combinations import masks_under
 from pruning.structure import Dims, Structure, lora_index, scatter_from, slice_to
-from runconfig.load import ConfigError
+from runconfig.errors import ConfigError
 from strategies.bandit import SmoothUCB
 from strategies.fleet_fedavg import FleetFedAvg, seeded
 from strategies.hetero_aggregation import SubUpdate, aggregate_hetero, coverage

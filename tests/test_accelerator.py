@@ -43,7 +43,7 @@ def test_gpu_benchmark_imports_without_flwr_mlflow_opacus_hydra_and_exits_2_with
     """One subprocess with those modules blocked: the benchmark and the trainers import; without CUDA the
     benchmark says so in one line and exits 2."""
     done = _run("import benchmarks.gpu as g, client.trainers, client.cohort, client.runtime\n"
-                "import client.trainers.zeroqat, client.trainers.fedspine_prune, privacy.dpsgd_trainer\n"
+                "import client.trainers.zeroqat, client.trainers.fedspine_prune, client.trainers.lora_dpsgd\n"
                 "try:\n    import flwr\nexcept ModuleNotFoundError:\n    print('imported; flwr blocked')\n"
                 "import torch\n"
                 "sys.exit(0 if torch.cuda.is_available() else g.main(['--quick']))\n")
@@ -192,7 +192,7 @@ class FakeRuntime:
         self.data = data or [windows(8, seed=i) for i in range(2)]
 
     def device_data(self, index: int):
-        from client.runtime import DeviceData
+        from client.device_data import DeviceData
 
         x = self.data[index]
         return DeviceData(x, x, x, x)  # on the CPU, like the runtime's

@@ -71,7 +71,7 @@ def path_key(s: Settings) -> tuple:
 
 
 def test_every_combination_runs_or_is_refused_in_one_line(fast_overrides, tmp_path):
-    from runconfig.load import to_plain
+    from runconfig.plain import to_plain
     from server.federation import run_server
     from server.preflight import prepare
     from simulations.inprocess import InProcessGrid

@@ -1,7 +1,8 @@
 
 import pytest
 
-from runconfig.load import CONF_DIR, ConfigError, available, compose, flatten, to_plain
+from runconfig.load import CONF_DIR, ConfigError, available, compose
+from runconfig.plain import flatten, to_plain
 
 
 @pytest.mark.parametrize("fleet", available("fleet"))

@@ -200,7 +200,7 @@ def test_two_runs_of_a_seed_give_the_same_simulated_clock(fast_overrides, tmp_pa
     from models.base_checkpoint import load_base_model
     from models.lora import adapter_arrays, attach_lora
     from protocol.messages import to_array_record
-    from runconfig.load import to_plain
+    from runconfig.plain import to_plain
     from server.preflight import prepare
     from simulations.inprocess import InProcessGrid
     from strategies import strategy_class

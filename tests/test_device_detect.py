@@ -88,7 +88,7 @@ def test_lora_trainer_runs_under_bf16_autocast_and_keeps_fp32_adapter():
     """The real trainer inside the ClientApp's autocast: finite loss, an fp32 adapter that moved."""
     import numpy as np
 
-    from client.runtime import DeviceData
+    from client.device_data import DeviceData
     from client.trainers import get_trainer
     from models.architectures import build_config, build_model
     from models.lora import adapter_arrays, attach_lora

@@ -204,7 +204,7 @@ def test_rng_states_round_trip():
 
 
 def test_resume_refuses_changed_settings_but_allows_more_rounds():
-    from runconfig.load import to_plain
+    from runconfig.plain import to_plain
 
     saved = to_plain(compose(["+fleet=8dev_test"]))
     ckpt.check_compatible(saved, to_plain(compose(["+fleet=8dev_test", "rounds=20", "resume=true"])))

@@ -8,7 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli
-from runconfig.load import ConfigError, compose, to_plain
+from runconfig.load import ConfigError, compose
+from runconfig.plain import to_plain
 
 pytestmark = pytest.mark.fedspine
 

@@ -178,7 +178,7 @@ def test_combined_federation_runs_under_dp_with_finite_epsilon(fast_overrides, t
     from models.base_checkpoint import load_base_model
     from models.lora import adapter_arrays, attach_lora
     from privacy.dp_fedavg import strategy_for
-    from runconfig.load import to_plain
+    from runconfig.plain import to_plain
     from server.preflight import prepare
     from simulations.inprocess import InProcessGrid
 

@@ -7,7 +7,7 @@ from opacus import GradSampleModule
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 
-from client.runtime import DeviceData
+from client.device_data import DeviceData
 from client.trainers import get_trainer
 from models.architectures import build_config, build_model
 from models.lora import attach_lora

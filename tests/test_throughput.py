@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runconfig.load import ConfigError, compose, to_plain
+from runconfig.load import ConfigError, compose
+from runconfig.plain import to_plain
 
 pytestmark = pytest.mark.throughput
 

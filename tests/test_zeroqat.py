@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from client.trainers.zeroqat import zeroqat_local_training
-from client.runtime import DeviceData
+from client.device_data import DeviceData
 from conftest import run_cli
 from models.architectures import build_config, build_model
 from models.lora import adapter_arrays, load_adapter_arrays

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,23 +18,8 @@ from filelock import FileLock
 
 from runconfig.schema import DataConfig
 from textdata import shakespeare
+from textdata.raw import ClientText, RawCorpus, split_records
 from textdata.tokenizer import load_tokenizer, train_tokenizer
-
-
-@dataclass
-class ClientText:
-    """One natural client (a speaking role, or a hub partition) with its own train/test split."""
-
-    key: str
-    train: str
-    test: str
-
-
-@dataclass
-class RawCorpus:
-    public: str
-    global_test: str
-    clients: list[ClientText]
 
 
 class Corpus:
@@ -57,17 +42,6 @@ class Corpus:
 
     def client_test_ids(self, index: int) -> torch.Tensor:
         return self._test[index]
-
-
-def split_records(speeches: list[str], test_fraction: float, rng: random.Random) -> tuple[str, str]:
-    """A seeded split of one client's records (speeches) into train and test text; test is never empty."""
-    order = list(range(len(speeches)))
-    rng.shuffle(order)
-    n_test = max(1, round(len(speeches) * test_fraction)) if len(speeches) > 1 else 0
-    test_idx = set(order[:n_test])
-    train = [s for i, s in enumerate(speeches) if i not in test_idx]
-    test = [s for i, s in enumerate(speeches) if i in test_idx] or train[-1:]
-    return "\n\n".join(train), "\n\n".join(test)
 
 
 def shakespeare_corpus(cfg: DataConfig, seed: int) -> RawCorpus:

@@ -15,7 +15,7 @@ from flwr_datasets import FederatedDataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, Partitioner
 
 from runconfig.schema import DataConfig
-from textdata.corpus import ClientText, RawCorpus, split_records
+from textdata.raw import ClientText, RawCorpus, split_records
 
 
 def make_partitioner(cfg: DataConfig, seed: int) -> Partitioner:

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import OmegaConf
 
-from runconfig.load import flatten, to_plain
+from runconfig.plain import flatten, to_plain
 from runconfig.schema import Settings
 from tracking.glossary import glossary_markdown, run_description
 

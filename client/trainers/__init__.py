@@ -6,7 +6,7 @@ from client.trainers.base import Trainer, TrainResult
 from client.trainers.fedspine_prune import FedSpinePruneTrainer
 from client.trainers.lora_backprop import LoraBackpropTrainer
 from client.trainers.zeroqat import ZeroQATTrainer
-from privacy.dpsgd_trainer import LoraDpSgdTrainer
+from client.trainers.lora_dpsgd import LoraDpSgdTrainer
 
 TRAINERS: dict[str, type] = {LoraBackpropTrainer.name: LoraBackpropTrainer}
 TRAINERS["lora_dpsgd"] = LoraDpSgdTrainer  # record-level DP-SGD (privacy.record.enabled)

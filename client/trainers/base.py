@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from client.runtime import DeviceData
+from client.device_data import DeviceData
 from protocol.work import Work
 
 

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from client.runtime import DeviceData
+from client.device_data import DeviceData
 from client.trainers.base import TrainResult, batch_indices, loss_metrics
 from models.evaluation import next_token_stats
 from models.lora import adapter_arrays

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import torch
 
-from client.runtime import ClientRuntime, DeviceData
+from client.device_data import DeviceData
+from client.runtime import ClientRuntime
 from client.trainers.base import TrainResult, batch_indices, loss_metrics
 from models.base_checkpoint import ensure_base_checkpoint, load_base_model
 from models.evaluation import next_token_stats

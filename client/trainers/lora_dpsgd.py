@@ -1,6 +1,7 @@
 """Record-level DP-SGD inside one client's local training: Opacus ``PrivacyEngine`` on the LoRA parameters.
 
-Trainer ``lora_dpsgd`` (client/trainers registry). The user-level mixin selects it when
+Trainer ``lora_dpsgd`` (client/trainers registry; it lives with the other trainers, so privacy/ imports nothing
+of the client). The user-level mixin selects it when
 ``privacy.record.enabled``: every training window of the device is a record; batches are Poisson-sampled by
 Opacus's DPDataLoader (rate batch_size / windows), per-window gradients of the LoRA parameters are clipped to
 ``dp_record_clip`` and noised with ``dp_record_sigma``. Only LoRA parameters require grad, so Opacus computes
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.device_detect import no_autocast
-from client.runtime import DeviceData
+from client.device_data import DeviceData
 from client.trainers.base import TrainResult, loss_metrics
 from models.lora import adapter_arrays
 from protocol.work import Work
