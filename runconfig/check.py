@@ -28,7 +28,7 @@ from pathlib import Path
 
 from privacy.plan import check_privacy, validate_privacy
 from runconfig.combinations import check_combinations
-from runconfig.choices import Clock, PrivacyMode, TrainerName
+from runconfig.choices import FEDSPINE_METHODS, Clock, PrivacyMode, TrainerName
 from runconfig.errors import ConfigError, refuse
 from runconfig.errors import require as _require
 from runconfig.schema import Settings
@@ -110,8 +110,15 @@ def validate(s: Settings) -> None:
     _validate_zeroqat(s)
     _require(s.data.seq_len >= 8, "data.seq_len", "must be >= 8", "data.seq_len=64")
     _require(0 < s.data.test_fraction < 1, "data.test_fraction", "must be in (0, 1)", "data.test_fraction=0.2")
+    _require(s.method.fedspine is not None or s.method.name not in FEDSPINE_METHODS, "method.fedspine",
+             f"method '{s.method.name}' needs it", "use a conf/method/ file of the FedSpine family (fedspine, hetlora, ...)")
     if s.method.fedspine is not None:
         _validate_fedspine(s)
+    if s.method.dylora is not None:
+        rank, d = s.method.lora.rank, s.method.dylora
+        _require(1 <= d.min_rank <= rank, "method.dylora.min_rank", f"must be in [1, {rank}]", "method.dylora.min_rank=1")
+        bad = [r for r in d.eval_ranks if not 1 <= r <= rank]
+        _require(not bad, "method.dylora.eval_ranks", f"{bad} outside [1, {rank}]", "ranks up to method.lora.rank")
     if s.model.name_or_path is None:
         _require(s.model.hidden_size % s.model.num_heads == 0, "model.num_heads",
                  "must divide model.hidden_size", "e.g. 4 heads for hidden 256")

@@ -43,6 +43,10 @@ def test_no_fleet_lists_the_fleets():
         (["fleet.classes.pixel_8.share=0.5"], "share"),
         (["fleet.link_spread=-0.1"], "fleet.link_spread"),
         (["method=fedspine", "method.fedspine.reward.time_reference=mean"], "method.fedspine.reward.time_reference"),
+        (["aggregation.rule=median"], "aggregation.rule"),  # a choice outside its enum (runconfig/choices.py)
+        (["fleet.classes.pixel_8.trainer=sgd"], "fleet.classes.pixel_8.trainer"),
+        (["method=dp_dylora", "method.dylora.min_rank=0"], "method.dylora.min_rank"),  # was the strategy's check
+        (["method.name=fedspine"], "method.fedspine"),
     ],
 )
 def test_bad_values_name_the_key(overrides, key):
