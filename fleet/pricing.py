@@ -23,10 +23,10 @@ from fleet.cost_model import (DEVICE_ALLOCATOR_BYTES, Job, Kernels, Quantized, a
                               training_memory)
 from fleet.devices import Device
 from pruning.schedule import segments
+from runconfig.choices import FORWARD_ONLY_TRAINERS, TrainerName
 from runconfig.schema import Settings
 
-FORWARD_ONLY_TRAINERS = {"zeroqat"}
-DENSE_BASE_TRAINERS = {"fedspine_prune"}  # hold the dense base next to the pruned model they train
+DENSE_BASE_TRAINERS = {TrainerName.fedspine_prune}  # hold the dense base next to the pruned model they train
 
 
 def priced_shape(settings: Settings, trained: ArchShape) -> ArchShape:

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-HEAD_RULES = ("within_groups", "whole_groups")
+from runconfig.choices import HeadRule
+
+HEAD_RULES = tuple(HeadRule)
 _KEY = re.compile(r"layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)\.lora_(A|B)\.")
 # which dimension of a projection's weight (out, in) is indexed by heads / kv groups / channels
 _OUT_HEADS, _OUT_GROUPS, _IN_HEADS = {"q_proj"}, {"k_proj", "v_proj"}, {"o_proj"}
