@@ -67,7 +67,10 @@ def fake_quant_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
     scale = ((hi - lo) / qmax).clamp(min=1e-8)
     zero = torch.round(-lo / scale)
     if torch.is_grad_enabled() and x.requires_grad:
-        return ((torch.round(x / scale) + zero).clamp(0, qmax) - zero) * scale
+        # Straight-through estimator: the forward is quantized, the backward is the identity (round's gradient
+        # is 0 everywhere, so without it backprop QAT would stop at every quantized layer's input).
+        q = ((torch.round(x.detach() / scale.detach()) + zero.detach()).clamp(0, qmax) - zero.detach()) * scale.detach()
+        return q + (x - x.detach())  # value exactly q, gradient 1
     # Forward-only (ZeroQAT, evaluation): the same operations on one buffer, in place; 4x faster in fp32 on a CPU
     return (x / scale).round_().add_(zero).clamp_(0, qmax).sub_(zero).mul_(scale)
 

@@ -78,6 +78,15 @@ def test_activation_fake_quant_is_per_token_and_matches_hand_computation():
     assert torch.equal(fake_quant_activation(x, 16), x)
 
 
+def test_activation_fake_quant_passes_gradients_straight_through():
+    # Backprop QAT: quantized forward, identity backward (round alone has gradient 0 everywhere).
+    x = torch.tensor([[0.0, 1.0, 2.0, 3.0], [-1.0, 0.0, 0.4, 2.0]], requires_grad=True)
+    y = fake_quant_activation(x, 2)
+    assert torch.equal(y.detach(), fake_quant_activation(x.detach(), 2))
+    (y * torch.arange(8.0).reshape(2, 4)).sum().backward()
+    assert torch.equal(x.grad, torch.arange(8.0).reshape(2, 4))
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_packing_round_trip_and_size(bits):
     codes = torch.randint(0, 2**bits, (1000,), dtype=torch.uint8)
