@@ -10,7 +10,8 @@ and K = 1 is the plain case. Two reductions of the same per-token loss:
 * :func:`loss_stats` -- forward only (evaluation, ZeroQAT's SPSA losses): summed loss, correct next tokens and
   token count per group, with torch's ``cross_entropy(reduction="sum")`` over each group's rows, the buffers
   ``fleet/cost_model.py`` prices (FORWARD_LOSS_BYTES_PER_LOGIT) and the summation SPSA's loss differences were
-  tuned with (they resolve the last float bit).
+  tuned with (they resolve the last float bit). :func:`next_token_stats` is its one-group form with the summed
+  loss a tensor, for loops written elsewhere (base-model pretraining, serving checks, benchmarks).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import time
 
 from client.app import TrainMessage, decode_train, eval_reply, evaluate_devices, reply_for
 from client.runtime import get_runtime
-from client.trainers import get_trainer
+from client.trainers import TRAINERS, get_trainer
 from client.trainers.base import run_tasks
 from protocol.messages import ARRAYS, CONFIG, from_array_record
 from protocol.work import Work
@@ -32,8 +32,10 @@ def train_replies(plain_settings: dict, messages: list, contexts: list) -> dict[
     for i, (msg, context) in enumerate(zip(messages, contexts)):
         started = time.perf_counter()
         d = decode_train(runtime, plain_settings, msg, context)
+        if d.fault or d.task.structure or d.trainer not in TRAINERS:  # an unknown trainer: the handler's error
+            continue
         key = get_trainer(d.trainer).batch_key(d.task.work, s)
-        if d.fault or d.task.structure or key is None:
+        if key is None:
             continue
         d.decode_s = time.perf_counter() - started
         decoded[i] = d
