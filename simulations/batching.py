@@ -30,14 +30,12 @@ def train_replies(plain_settings: dict, messages: list, contexts: list) -> dict[
     groups: dict[tuple, list[int]] = {}
     decoded: dict[int, TrainMessage] = {}
     for i, (msg, context) in enumerate(zip(messages, contexts)):
-        started = time.perf_counter()
         d = decode_train(runtime, plain_settings, msg, context)
         if d.fault or d.task.structure or d.trainer not in TRAINERS:  # an unknown trainer: the handler's error
             continue
         key = get_trainer(d.trainer).batch_key(d.task.work, s)
         if key is None:
             continue
-        d.decode_s = time.perf_counter() - started
         decoded[i] = d
         groups.setdefault((d.trainer, *key), []).append(i)
     replies: dict[int, object] = {}
