@@ -417,7 +417,7 @@ def write(summary: dict) -> None:
         "",
         "## Notes",
         "",
-        "- Cohort batching (client/cohort.py) trains a round's backprop-LoRA devices, and separately its ZeroQAT "
+        "- Multi-adapter batching (client/multi_adapter.py, simulations/batching.py) trains a round's backprop-LoRA devices, and separately its ZeroQAT "
         "devices, as one batch with one adapter per device; tests/test_throughput.py shows the same adapters as "
         "one device at a time within 1e-4 abs / 1e-3 rel, and the `simulation=fast` engine the same perplexity "
         "within 1%. The simulated clock is unchanged (`cost.clock=analytic`, required by the config check).",

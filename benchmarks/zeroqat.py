@@ -291,7 +291,7 @@ def real_quality(s, quant: str, data: dict, log: dict) -> dict:
     rtn = dataclasses.replace(z, smoothing_alpha=0.0, clipping=False, trainable="qparams")
     out["ppl_rtn"] = ppl(build_quantized(load_base_model(folder), rtn, None))
     model = build_quantized(load_base_model(folder), z, data["calib"], s.method.lora, s.seed, s.method.lora.rank)
-    for layer in model.modules():  # frozen base: keep each dequantized weight (the same forward; client/cohort.py)
+    for layer in model.modules():  # frozen base: keep each dequantized weight (the same forward; client/multi_adapter.py)
         if isinstance(layer, PackedLinear):
             layer.hold_dequantized()
     out["ppl_ptq"] = ppl(model)

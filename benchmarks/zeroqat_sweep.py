@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
             m = build_quantized(load_base_model(folder), cfg, calib, s.method.lora, s.seed, s.method.lora.rank)
             tensors = list(trainable_tensors(m, trainable).values())
             if trainable == "lora":  # frozen base: keep each dequantized weight, as the fleet's cohort does
-                for layer in m.modules():  # (same forward, no unpacking per forward; client/cohort.py)
+                for layer in m.modules():  # (same forward, no unpacking per forward; client/multi_adapter.py)
                     if isinstance(layer, PackedLinear):
                         layer.hold_dequantized()
             models.clear()  # one live model at a time (memory is shared with other jobs)

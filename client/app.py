@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import resource
 import time
+from dataclasses import dataclass
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -17,7 +18,8 @@ from client.faults import before_training, corrupt, injected_kind
 from client.device_detect import detect_host, device_class_of, trainer_of
 from client.runtime import get_runtime, host_gflops
 from client.trainers import get_trainer
-from models.evaluation import evaluate_lm
+from client.trainers.base import DeviceTask, run_tasks
+from models.evaluation import LMScore, evaluate_parts
 from models.lora import load_adapter_arrays
 from privacy.client_side import privatize_update
 from protocol.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, STRUCTURE, Update, Work, from_array_record
@@ -39,29 +41,36 @@ def handle_query(plain_settings: dict, msg: Message, context: Context) -> Messag
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
 
+@dataclass
+class TrainMessage:
+    """A train message decoded: the device's task, the trainer that runs it, its injected fault (chaos runs)."""
+
+    task: DeviceTask
+    trainer: str
+    fault: str | None
+    decode_s: float
+
+
+def decode_train(runtime, plain_settings: dict, msg: Message, context: Context) -> TrainMessage:
+    started = time.perf_counter()
+    work = Work.from_config(msg.content[CONFIG])
+    fault = injected_kind(plain_settings, work.device_index)  # testing / chaos only (faults.inject)
+    received = from_array_record(msg.content[ARRAYS])
+    structure = from_array_record(msg.content[STRUCTURE]) if STRUCTURE in msg.content else {}  # FedSpine's masks
+    s = runtime.settings  # the node may name its own class or trainer (--node-config); see client/device_detect.py
+    trainer = trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
+                         runtime.devices[work.device_index].class_name, work.trainer)
+    return TrainMessage(DeviceTask(work, received, structure), trainer, fault, time.perf_counter() - started)
+
+
 def handle_train(plain_settings: dict, msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     runtime = get_runtime(plain_settings)
-    work = Work.from_config(msg.content[CONFIG])
-    fault = injected_kind(plain_settings, work.device_index)  # testing / chaos only (faults.inject)
-    before_training(fault, work.device_index)
-    received = from_array_record(msg.content[ARRAYS])
-    decode_s = time.perf_counter() - started
-    s = runtime.settings  # the node may name its own class or trainer (--node-config); see client/device_detect.py
-    trainer = get_trainer(trainer_of(context.node_config, s.client.trainer, s.fleet.classes,
-                                     runtime.devices[work.device_index].class_name, work.trainer))
-    if hasattr(trainer, "train_pruned"):  # builds its own pruned sub-model from the base (FedSpine)
-        structure = from_array_record(msg.content[STRUCTURE]) if STRUCTURE in msg.content else {}
-        with runtime.autocast():
-            result = trainer.train_pruned(runtime, received, structure, work)
-    else:
-        # A trainer may bring its own model (ZeroQAT: a quantized base); otherwise the runtime's float one.
-        model = trainer.model_for(runtime, work) if hasattr(trainer, "model_for") else runtime.adapter_model(work.rank)
-        load_adapter_arrays(model, received)
-        with runtime.autocast():
-            result = trainer.train(model, runtime.device_data(work.device_index).to_model(model), work)
-    return reply_for(msg, work, received, result, fault, {"handler_s": time.perf_counter() - started,
-                                                            "decode_s": decode_s})
+    decoded = decode_train(runtime, plain_settings, msg, context)
+    before_training(decoded.fault, decoded.task.work.device_index)
+    (result,) = run_tasks(get_trainer(decoded.trainer), runtime, [decoded.task])
+    return reply_for(msg, decoded.task.work, decoded.task.received, result, decoded.fault,
+                     {"handler_s": time.perf_counter() - started, "decode_s": decoded.decode_s})
 
 
 def reply_for(msg: Message, work: Work, received: dict, result, fault: str | None,
@@ -87,24 +96,47 @@ def reply_for(msg: Message, work: Work, received: dict, result, fault: str | Non
     return Message(corrupt(fault, update).to_content(), reply_to=msg)
 
 
-def handle_evaluate(plain_settings: dict, msg: Message, context: Context) -> Message:
-    runtime = get_runtime(plain_settings)
-    work = Work.from_config(msg.content[CONFIG])
-    model = runtime.adapter_model(work.rank)
-    load_adapter_arrays(model, from_array_record(msg.content[ARRAYS]))
-    data = runtime.device_data(work.device_index).to_model(model)
-    n = runtime.settings.client.eval_batches * work.batch_size
-    start = time.perf_counter()
+EVAL_FORWARD_BATCHES = 8  # several devices evaluated at once: forwards of this many client batches
+
+
+def evaluate_devices(runtime, adapter: dict, works: list[Work]) -> list[LMScore]:
+    """Each device's score of ``adapter`` on its own test windows (``client.eval_batches`` batches). One device:
+    the runtime's PEFT model, one batch per forward. Several: the adapter on the multi-adapter model and larger
+    forwards over all their windows (logits of a forward stay small: memory traffic, not FLOPs)."""
+    rank, batch_size = works[0].rank, works[0].batch_size
+    n = runtime.settings.client.eval_batches * batch_size
+    parts = [(d.test_inputs[:n], d.test_labels[:n]) for d in (runtime.device_data(w.device_index) for w in works)]
     with runtime.autocast():
-        score = evaluate_lm(model, data.test_inputs[:n], data.test_labels[:n], batch_size=work.batch_size)
+        if len(works) == 1:
+            model = runtime.adapter_model(rank)
+            load_adapter_arrays(model, adapter)
+            return evaluate_parts(model, parts, batch_size)
+        from client.multi_adapter import dense_multi_lora
+
+        holder = dense_multi_lora(runtime, rank).load([adapter], trainable=False)
+        try:
+            return evaluate_parts(holder.model, parts, EVAL_FORWARD_BATCHES * batch_size, use_cache=False)
+        finally:
+            holder.release()
+
+
+def eval_reply(msg: Message, work: Work, score: LMScore, compute_s: float) -> Message:
     metrics = {
         NUM_EXAMPLES: score.tokens,
         "device-index": work.device_index,
         "eval_loss": score.loss,
         "eval_accuracy": score.accuracy,
-        "compute_s": time.perf_counter() - start,
+        "compute_s": compute_s,
     }
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def handle_evaluate(plain_settings: dict, msg: Message, context: Context) -> Message:
+    runtime = get_runtime(plain_settings)
+    work = Work.from_config(msg.content[CONFIG])
+    start = time.perf_counter()
+    (score,) = evaluate_devices(runtime, from_array_record(msg.content[ARRAYS]), [work])
+    return eval_reply(msg, work, score, time.perf_counter() - start)
 
 
 def build_client_app(plain_settings: dict) -> ClientApp:

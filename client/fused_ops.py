@@ -1,10 +1,11 @@
-"""Memory-lean forward/backward pairs for the batched cohort step (client/cohort.py) on a CPU.
+"""Memory-lean forward/backward pairs for the batched multi-adapter step (client/multi_adapter.py) on a CPU.
 
-A cohort step's time on a CPU is mostly element-wise passes over activations too large for the cache, not
+A batched step's time on a CPU is mostly element-wise passes over activations too large for the cache, not
 matmuls (docs/benchmarks/throughput.md). Autograd's generic backward of an RMSNorm or of a cross-entropy over
 fp32 logits makes several such passes and keeps extra copies; the hand-written backward passes here make fewer,
 with the same math (results differ only by floating-point reassociation; tests/test_throughput.py compares them
-with autograd's). Only the frozen-weight cases the cohort step needs are covered.
+with autograd's). Only the frozen-weight cases the batched step needs are covered. The loss's fused
+cross-entropy is models/loss.py's.
 """
 
 from __future__ import annotations
@@ -13,48 +14,6 @@ import torch
 from torch import nn
 
 from client.device_detect import no_autocast
-
-CE_CHUNK_ROWS = 128  # rows of logits per pass: a [128, vocab] fp32 block stays in a core's L2 cache for small vocabularies
-IGNORE_INDEX = -100
-
-
-class _TokenCrossEntropy(torch.autograd.Function):
-    """Per-row next-token loss ``logsumexp(z) - z[target]`` in fp32 (0 where target is ``IGNORE_INDEX``),
-    row block by row block; the backward writes ``(softmax(z) - onehot) * grad`` in the logits' dtype."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        rows = logits.shape[0]
-        valid = target != IGNORE_INDEX
-        safe = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)
-        lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
-        picked = torch.empty(rows, dtype=torch.float32, device=logits.device)
-        for start in range(0, rows, CE_CHUNK_ROWS):
-            block = logits[start:start + CE_CHUNK_ROWS].float()
-            torch.logsumexp(block, dim=1, out=lse[start:start + CE_CHUNK_ROWS])
-            picked[start:start + CE_CHUNK_ROWS] = block.gather(1, safe[start:start + CE_CHUNK_ROWS]).squeeze(1)
-        ctx.save_for_backward(logits, safe, valid, lse)
-        return (lse - picked) * valid
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        logits, safe, valid, lse = ctx.saved_tensors
-        scale = (grad.float() * valid).unsqueeze(1)
-        out = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], CE_CHUNK_ROWS):
-            end = start + CE_CHUNK_ROWS
-            probs = logits[start:end].float().sub_(lse[start:end].unsqueeze(1)).exp_()
-            probs.scatter_add_(1, safe[start:end], torch.full_like(safe[start:end], -1.0, dtype=probs.dtype))
-            out[start:end] = probs.mul_(scale[start:end])
-        return out, None
-
-
-def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="none")`` for [N, V] logits of any
-    float dtype, without an fp32 copy of all logits and with a fused backward."""
-    if logits.dim() != 2 or target.shape != logits.shape[:1]:
-        raise ValueError(f"expected [N, V] logits and [N] targets, got {tuple(logits.shape)} and {tuple(target.shape)}")
-    return _TokenCrossEntropy.apply(logits, target)
 
 
 class _FrozenRMSNorm(torch.autograd.Function):

@@ -16,7 +16,7 @@ import torch
 from client.device_data import DeviceData
 from client.device_detect import attention_for, autocast, autocast_dtype, base_dtype, hold_frozen_in, select_device
 from fleet.devices import Device, build_fleet
-from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
+from models.base_checkpoint import base_dir, ensure_base_checkpoint, load_base_model, load_corpus
 from models.lora import attach_lora
 from runconfig.plain import from_plain
 from runconfig.schema import Settings
@@ -31,7 +31,7 @@ class ClientRuntime:
     clients_of_device: list[list[int]]
     base_model: torch.nn.Module
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the model and data live
-    _adapters: dict = field(default_factory=dict)
+    _models: dict = field(default_factory=dict)  # kind -> (key, model): every model this process keeps
 
     def autocast(self):
         """Mixed precision for this device (``client.precision``), or a no-op on fp32 devices."""
@@ -49,14 +49,38 @@ class ClientRuntime:
             torch.cat([x for x, _ in test]), torch.cat([y for _, y in test]),
         )
 
+    def cached_model(self, kind: str, key, build):
+        """The process's one model of this kind (the PEFT-wrapped base, ZeroQAT's quantized one, the batched
+        multi-adapter copies, the pristine dense base) for ``key``; another key drops the held one, then builds."""
+        held = self._models.get(kind)
+        if held is None or held[0] != key:
+            self._models.pop(kind, None)
+            self._models[kind] = (key, build())
+        return self._models[kind][1]
+
     def adapter_model(self, rank: int):
         """The base model wrapped with a LoRA adapter of this rank (PEFT wraps in place: one live at a time)."""
-        if rank not in self._adapters:
-            for peft_model in self._adapters.values():
-                self.base_model = peft_model.unload()
-            self._adapters.clear()
-            self._adapters[rank] = attach_lora(self.base_model, self.settings.method.lora, self.settings.seed, rank)
-        return self._adapters[rank]
+        held = self._models.get("adapter")
+        if held is not None and held[0] != rank:
+            self.base_model = held[1].unload()
+        return self.cached_model("adapter", rank, lambda: attach_lora(self.base_model, self.settings.method.lora,
+                                                                      self.settings.seed, rank))
+
+    def dense_base(self) -> torch.nn.Module:
+        """A dense base without adapters (the runtime's ``base_model`` carries PEFT layers injected in place),
+        held as ``base_model`` is: on the device, frozen weights in its compute dtype. FedSpine prunes copies of
+        it; the batched multi-adapter model wraps a copy of it."""
+        folder = base_dir(self.settings)
+        return self.cached_model("dense_base", str(folder), lambda: hold_base(
+            load_base_model(folder), self.device, self.settings.client.precision))
+
+
+def hold_base(base: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+    """``base`` on ``device`` as a device holds it: frozen weights in the compute dtype on a GPU (bf16, or fp16
+    on pre-Ampere Jetsons), fp32 on CPUs; attention as that dtype needs (client.device_detect)."""
+    base = hold_frozen_in(base.to(device), base_dtype(device, precision))
+    attention_for(base, device, autocast_dtype(device, precision))
+    return base
 
 
 @lru_cache(maxsize=2)
@@ -70,9 +94,7 @@ def _runtime(settings_json: str) -> ClientRuntime:
     folder = ensure_base_checkpoint(settings, corpus, show_progress=False)
     devices = build_fleet(settings.fleet, settings.seed)
     device = select_device(settings.client.device)
-    # the frozen base in the device's compute dtype on a GPU (bf16, or fp16 on pre-Ampere Jetsons); fp32 on CPUs
-    base_model = hold_frozen_in(load_base_model(folder).to(device), base_dtype(device, settings.client.precision))
-    attention_for(base_model, device, autocast_dtype(device, settings.client.precision))
+    base_model = hold_base(load_base_model(folder), device, settings.client.precision)
     return ClientRuntime(
         settings=settings,
         corpus=corpus,

@@ -210,7 +210,7 @@ class ClientConfig:
 class SimulationConfig:
     backend: Backend = Backend.ray  # ray: Flower's simulation engine | inprocess: the ClientApp handlers in this process
     # inprocess only: a round's backprop-LoRA devices of one shape train as one batch (one base forward for many
-    # adapters; client/cohort.py), and devices evaluating the same adapter share forward passes
+    # adapters; client/multi_adapter.py, simulations/batching.py), and devices evaluating the same adapter share forward passes
     cohort_batching: bool = False
     max_batched_devices: int = 64  # devices per batched step (memory: ~ this x batch_size x seq_len x vocab)
     workers: int = 1  # inprocess only: worker processes a round's messages are dealt out to (cores / workers threads each)

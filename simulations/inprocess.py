@@ -52,10 +52,10 @@ def deliver(plain: dict, msg: Message, num_nodes: int) -> Message:
 
 
 def batched_replies(plain: dict, messages: list[Message], num_nodes: int) -> dict[int, Message]:
-    """Replies computed for several devices at once (``simulation.cohort_batching``, client/cohort.py)."""
+    """Replies computed for several devices at once (``simulation.cohort_batching``, simulations/batching.py)."""
     if not (plain.get("simulation") or {}).get("cohort_batching"):
         return {}
-    from client.cohort import evaluate_replies, train_replies
+    from simulations.batching import evaluate_replies, train_replies
 
     out: dict[int, Message] = {}
     def train(ms):

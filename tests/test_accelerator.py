@@ -42,7 +42,7 @@ def _run(code: str, *args: str) -> subprocess.CompletedProcess:
 def test_gpu_benchmark_imports_without_flwr_mlflow_opacus_hydra_and_exits_2_without_cuda():
     """One subprocess with those modules blocked: the benchmark and the trainers import; without CUDA the
     benchmark says so in one line and exits 2."""
-    done = _run("import benchmarks.gpu as g, client.trainers, client.cohort, client.runtime\n"
+    done = _run("import benchmarks.gpu as g, client.trainers, client.multi_adapter, client.runtime\n"
                 "import client.trainers.zeroqat, client.trainers.fedspine_prune, client.trainers.lora_dpsgd\n"
                 "try:\n    import flwr\nexcept ModuleNotFoundError:\n    print('imported; flwr blocked')\n"
                 "import torch\n"
@@ -176,7 +176,7 @@ def test_quantization_follows_the_models_device(device):
 
 
 class FakeRuntime:
-    """What fedspine_prune and the cohort path read of client.runtime.ClientRuntime, around a given base."""
+    """What the trainers read of client.runtime.ClientRuntime, around a given base (its dense base)."""
 
     def __init__(self, base, device: str, precision: str = "fp32", data: list | None = None) -> None:
         from types import SimpleNamespace
@@ -190,6 +190,17 @@ class FakeRuntime:
             method=SimpleNamespace(lora=lora_cfg(), fedspine=None),
             zeroqat=ZeroQATConfig(lr=1e-3, eps=1e-2, seed_upload=True))
         self.data = data or [windows(8, seed=i) for i in range(2)]
+        self._models = {}
+
+    def cached_model(self, kind: str, key, build):
+        from client.runtime import ClientRuntime
+
+        return ClientRuntime.cached_model(self, kind, key, build)  # the runtime's own model cache
+
+    def dense_base(self):
+        from client.runtime import hold_base
+
+        return hold_base(self.base, self.device, self.settings.client.precision)  # as the runtime holds it
 
     def device_data(self, index: int):
         from client.device_data import DeviceData
@@ -232,8 +243,6 @@ def run_trainer(name: str, device: str, base_dtype=torch.float32, precision: str
         import client.trainers.fedspine_prune as fp
         from pruning.structure import Dims, Structure
 
-        monkeypatch.setattr(fp, "_dense_base", lambda folder: runtime.base)
-        monkeypatch.setattr(fp, "base_dir", lambda settings: "tiny")
         dims = Dims.of(runtime.base.config)
         extra = dict(max_rank=4, alpha=8.0, ratio=0.5, prune_every=1, sparsity_step=0.25, importance_ema=0.5,
                      head_rule="within_groups")
@@ -242,27 +251,23 @@ def run_trainer(name: str, device: str, base_dtype=torch.float32, precision: str
                                                             work(name, steps=3, **extra))
         assert result.metrics["prune_steps"] == 2 and result.metrics["ratio"] == 0.5
         return result.adapter, result.reference, None
-    if name in ("cohort", "cohort_zeroqat"):
-        import client.cohort as cohort
+    if name in ("cohort", "cohort_zeroqat"):  # two devices batched on the multi-adapter model
+        from client.trainers import get_trainer
+        from client.trainers.base import DeviceTask, run_tasks
 
-        monkeypatch.setattr(cohort, "_dense_base", lambda folder: runtime.base)
-        monkeypatch.setattr(cohort, "base_dir", lambda settings: "tiny")
-        cohort._MODELS.clear()
-        cohort._ZO_MODELS.clear()
-        works = [work("lora_backprop", index=i) for i in range(2)]
+        tasks = [DeviceTask(work("lora_backprop", index=i), received) for i in range(2)]
         with on(device):
             if name == "cohort":
-                results = cohort.train_cohort(runtime, works, [received, received])
+                results = run_tasks(get_trainer("lora_backprop"), runtime, tasks)
             else:
                 import client.trainers.zeroqat as zq
                 from zeroqat.model import build_quantized, calibration_batches
 
                 quantized = build_quantized(runtime.base, runtime.settings.zeroqat,
                                             calibration_batches(windows(8).to(dev), 8), lora_cfg(), 0, 4)
-                monkeypatch.setattr(zq, "_quantized_model", lambda rt, rank: quantized)
-                results = cohort.train_cohort_zeroqat(runtime, works, [received, received])
-        cohort._MODELS.clear()
-        cohort._ZO_MODELS.clear()
+                monkeypatch.setattr(zq, "quantized_model", lambda rt, rank: quantized)
+                results = run_tasks(get_trainer("zeroqat"), runtime, tasks)
+        assert all(r.metrics["batched_devices"] == 2 for r in results)
         return results[0].adapter, received, None
     if name == "zeroqat":
         from client.trainers.zeroqat import zeroqat_local_training

@@ -1,7 +1,7 @@
 """Issue 14: the fast path (in-process engine with cohort batching) trains the same adapters as the plain path.
 
-Cohort batching (client/cohort.py) stacks a round's backprop-LoRA (or ZeroQAT) devices into one batch with one
-adapter per device; each device's gradient and AdamW step (or SPSA directions and step) are its own, so the
+Batching (simulations/batching.py, client/multi_adapter.py) stacks a round's backprop-LoRA (or ZeroQAT) devices
+into one batch with one adapter per device; each device's gradient and AdamW step (or SPSA directions and step) are its own, so the
 result differs from one-device-at-a-time training only by floating-point reassociation. Stated tolerance: after
 2 rounds on +fleet=8dev_test, every adapter tensor within 1e-4 absolute, and the global update (final - initial
 adapter) within 1e-3 relative (L2). No timing is asserted here: benchmarks/throughput.py measures speed.
@@ -42,14 +42,13 @@ def _final_adapter(overrides, monkeypatch=None):
 @pytest.mark.parametrize("trainer", ["lora_backprop", "zeroqat"])
 def test_cohort_batching_gives_the_plain_paths_adapters(fast_overrides, tmp_path, monkeypatch, trainer):
     trainers = [f"client.trainer={trainer}"]  # every device of the cohort is batchable
-    from client import cohort
     from models.base_checkpoint import base_dir, load_base_model
     from models.lora import adapter_arrays, attach_lora
+    from simulations import batching
 
     calls = []
-    name = "train_cohort_zeroqat" if trainer == "zeroqat" else "train_cohort"
-    original = getattr(cohort, name)
-    monkeypatch.setattr(cohort, name, lambda rt, w, r: calls.append(len(w)) or original(rt, w, r))
+    original = batching.run_tasks
+    monkeypatch.setattr(batching, "run_tasks", lambda t, rt, tasks: calls.append(len(tasks)) or original(t, rt, tasks))
     plain, plain_result = _final_adapter(_overrides(fast_overrides, tmp_path, "plain", ["simulation.backend=inprocess",
                                                                                        *trainers]))
     assert not calls
@@ -179,7 +178,7 @@ def test_token_cross_entropy_matches_torch(dtype_name):
     in bf16 the gradient is rounded to bf16 as autograd's is), ignored rows included."""
     import torch
 
-    from client.fused_ops import token_cross_entropy
+    from models.loss import token_cross_entropy
 
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator().manual_seed(0)

@@ -38,17 +38,31 @@ def add_direction(params: Sequence[torch.Tensor], seed: int | Sequence[torch.Ten
 
 
 @torch.no_grad()
+def projected_gradients(params: Sequence[Sequence[torch.Tensor]], losses: Callable[[], Sequence[float]],
+                        z: Sequence[Sequence[torch.Tensor]], eps: float) -> tuple[list[float], list[float], list[float]]:
+    """(g, L+, L-) of each of K devices, device k along its own drawn direction ``z[k]``; ``losses()`` gives every
+    device's loss at the current parameters. The parameters end where they started (up to float rounding)."""
+    move(params, z, eps)
+    plus = [float(v) for v in losses()]
+    move(params, z, -2 * eps)
+    minus = [float(v) for v in losses()]
+    move(params, z, eps)
+    return [(lp - lm) / (2 * eps) for lp, lm in zip(plus, minus)], plus, minus
+
+
 def projected_gradient(params: Sequence[torch.Tensor], loss_fn: Callable[[], float], seed: int | Sequence[torch.Tensor],
                        eps: float) -> tuple[float, float, float]:
-    """(g, L+, L-) for direction z(seed); the parameters end where they started (up to float rounding).
-    z is drawn once and used three times (on a GPU, drawing on the CPU costs more than the adds)."""
+    """(g, L+, L-) for direction z(seed) of one device. z is drawn once and used three times (on a GPU, drawing
+    on the CPU costs more than the adds)."""
     z = direction(params, seed) if isinstance(seed, (int, np.integer)) else seed
-    add_direction(params, z, eps)
-    loss_plus = float(loss_fn())
-    add_direction(params, z, -2 * eps)
-    loss_minus = float(loss_fn())
-    add_direction(params, z, eps)
-    return (loss_plus - loss_minus) / (2 * eps), loss_plus, loss_minus
+    g, plus, minus = projected_gradients([params], lambda: [loss_fn()], [z], eps)
+    return g[0], plus[0], minus[0]
+
+
+def move(params: Sequence[Sequence[torch.Tensor]], z: Sequence[Sequence[torch.Tensor]], alpha: float) -> None:
+    """Every device's parameters += alpha * its own z."""
+    for p, zp in zip(params, z, strict=True):
+        add_direction(p, zp, alpha)
 
 
 def step_coefficient(grad: float, lr: float, q: int) -> float:
@@ -72,29 +86,46 @@ def step_seeds(seed: int, steps: int, q: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 2**31 - 1, size=(steps, q), dtype=np.int64)
 
 
+def clip_gradient(g: float, grad_clip: float) -> float:
+    return max(-grad_clip, min(grad_clip, g)) if grad_clip > 0 else g
+
+
 @torch.no_grad()
+def zo_train_devices(params: Sequence[Sequence[torch.Tensor]], batch_losses: Callable[[int], Sequence[float]],
+                     seeds: Sequence[np.ndarray], lr: float, schedule: str, eps: float, grad_clip: float = 0.0
+                     ) -> tuple[list[np.ndarray], list[list[float]]]:
+    """SPSA steps for K devices at once, in place: device k perturbs and steps its own ``params[k]`` along its own
+    directions (``seeds[k]``, each (steps, q)), and ``batch_losses(step)`` evaluates every device's loss of that
+    step's batch at the current parameters (one forward for all: the devices' rows are separate). Device k's
+    arithmetic is exactly :func:`projected_gradient` then the step, as if it trained alone. Returns each device's
+    projected gradients (float32, shaped like its seeds) and per-step losses (mean of L+ and L-, MeZO's
+    training-loss estimate)."""
+    k = len(params)
+    steps, q = seeds[0].shape
+    grads = [np.zeros((steps, q), dtype=np.float32) for _ in range(k)]
+    losses: list[list[float]] = [[] for _ in range(k)]
+    for t in range(steps):
+        step_losses: list[list[float]] = [[] for _ in range(k)]
+        zs = []
+        for i in range(q):
+            zs.append([direction(params[j], int(seeds[j][t, i])) for j in range(k)])
+            g, plus, minus = projected_gradients(params, lambda: batch_losses(t), zs[-1], eps)
+            for j in range(k):
+                grads[j][t, i] = clip_gradient(g[j], grad_clip)
+                step_losses[j] += [plus[j], minus[j]]
+        lr_t = lr_at(t, steps, lr, schedule)
+        for j in range(k):
+            for i in range(q):
+                add_direction(params[j], zs[i][j], step_coefficient(grads[j][t, i], lr_t, q))
+            losses[j].append(sum(step_losses[j]) / len(step_losses[j]))
+    return grads, losses
+
+
 def zo_train(params: Sequence[torch.Tensor], batch_loss: Callable[[int], float], seeds: np.ndarray, lr: float,
              schedule: str, eps: float, grad_clip: float = 0.0) -> tuple[np.ndarray, list[float]]:
-    """Run ``len(seeds)`` SPSA steps in place. ``batch_loss(step)`` evaluates the loss of that step's batch at the
-    current parameters. Returns the projected gradients (float32, shaped like ``seeds``) and per-step losses
-    (mean of L+ and L-, MeZO's training-loss estimate)."""
-    steps, q = seeds.shape
-    grads = np.zeros((steps, q), dtype=np.float32)
-    losses = []
-    for t in range(steps):
-        step_losses, zs = [], []
-        for i in range(q):
-            zs.append(direction(params, int(seeds[t, i])))
-            g, lp, lm = projected_gradient(params, lambda: batch_loss(t), zs[-1], eps)
-            if grad_clip > 0:
-                g = max(-grad_clip, min(grad_clip, g))
-            grads[t, i] = g
-            step_losses += [lp, lm]
-        lr_t = lr_at(t, steps, lr, schedule)
-        for i in range(q):
-            add_direction(params, zs[i], step_coefficient(grads[t, i], lr_t, q))
-        losses.append(sum(step_losses) / len(step_losses))
-    return grads, losses
+    """One device's :func:`zo_train_devices`: ``batch_loss(step)`` is its loss of that step's batch."""
+    grads, losses = zo_train_devices([params], lambda t: [batch_loss(t)], [seeds], lr, schedule, eps, grad_clip)
+    return grads[0], losses[0]
 
 
 @torch.no_grad()

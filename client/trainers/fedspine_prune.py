@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from functools import lru_cache
 
 import numpy as np
 import torch
 
-from client.device_detect import attention_for, autocast_dtype, base_dtype, hold_frozen_in
-from client.trainers.base import TrainResult, batch_indices
-from models.base_checkpoint import base_dir, load_base_model
-from models.evaluation import next_token_stats
+from client.trainers.base import DeviceTask, Trainer, TrainResult, batch_indices, loss_metrics, stacked_batch
+from client.trainers.lora_backprop import backprop_step
 from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
 from protocol.work import Work
 from pruning.importance import ImportanceTracker, weight_scores
@@ -32,17 +30,9 @@ from pruning.schedule import step_levels
 from pruning.structure import Dims, Structure, full_shape, scatter_from, select, slice_to
 
 
-@lru_cache(maxsize=2)
-def _dense_base(folder: str):
-    """A pristine dense base model per process (the runtime's own may carry PEFT layers injected in place)."""
-    from pathlib import Path
-
-    return load_base_model(Path(folder))
-
-
-@lru_cache(maxsize=2)
-def _public_scores(folder: str, dims: Dims):
-    return weight_scores(_dense_base(folder), dims)
+def _public_scores(runtime, dims: Dims):
+    """Data-free importance scores of the dense base (computed once per process)."""
+    return runtime.cached_model("public_scores", dims, lambda: weight_scores(runtime.dense_base(), dims))
 
 
 def ratio_of(structure: Structure, dims: Dims) -> float:
@@ -75,19 +65,22 @@ def lora_update_norm(before: dict[str, np.ndarray], after: dict[str, np.ndarray]
     return total
 
 
-class FedSpinePruneTrainer:
+class FedSpinePruneTrainer(Trainer):
+    """Each device prunes and tunes its own sub-model (their shapes differ): K devices train one after another."""
+
     name = "fedspine_prune"
 
     def train(self, model, data, work: Work) -> TrainResult:  # the common interface; FedSpine needs the base
-        raise TypeError("fedspine_prune builds its own pruned model: the ClientApp calls train_pruned()")
+        raise TypeError("fedspine_prune builds its own pruned model: call train_devices()")
+
+    def train_devices(self, runtime, tasks: Sequence[DeviceTask]) -> list[TrainResult]:
+        return [self.train_pruned(runtime, t.received, t.structure, t.work) for t in tasks]
 
     def train_pruned(self, runtime, received: dict[str, np.ndarray], structure_arrays: dict[str, np.ndarray],
                      work: Work) -> TrainResult:
         settings = runtime.settings
         x = work.extra
-        base = hold_frozen_in(_dense_base(str(base_dir(settings))).to(runtime.device),  # where the device trains,
-                              base_dtype(runtime.device, settings.client.precision))  # as the runtime holds it
-        attention_for(base, runtime.device, autocast_dtype(runtime.device, settings.client.precision))
+        base = runtime.dense_base()  # where the device trains, as the runtime holds it
         dims = Dims.of(base.config)
         structure = Structure.from_arrays(structure_arrays, dims)
         max_rank, rank = int(x["max_rank"]), int(work.rank)
@@ -98,7 +91,7 @@ class FedSpinePruneTrainer:
         if x.get("sliced"):  # the server sent only this device's coordinates: place them in full coordinates
             placed, _ = scatter_from(received, structure, dims, rank, full_shapes)
             received = {k: v.astype(np.float32) for k, v in placed.items()}
-        data = runtime.device_data(work.device_index).to_model(base)
+        data = runtime.device_data(work.device_index)
 
         level = ratio_of(structure, dims)
         levels = step_levels(level, float(x["ratio"]), work.local_steps, int(x["prune_every"]),
@@ -111,19 +104,14 @@ class FedSpinePruneTrainer:
         start = time.perf_counter()
         batches = batch_indices(len(data.train_inputs), work.batch_size, work.local_steps, work.seed)
         model.train()
-        for step, idx in enumerate(batches, 1):
-            loss_sum, _, tokens = next_token_stats(model(input_ids=data.train_inputs[idx]).logits,
-                                                   data.train_labels[idx])
-            loss = loss_sum / max(tokens, 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            tracker.update(model)
-            optimizer.step()
-            losses.append(loss.item())
+        for step in range(1, len(batches) + 1):
+            inputs, labels = stacked_batch([data], [batches], step - 1, runtime.device)
+            losses.append(backprop_step(model, optimizer, inputs, labels,
+                                        before_step=lambda: tracker.update(model)).item())
             if step < len(batches) and levels[step] > level:  # the schedule prunes after this iteration
                 level = levels[step]
                 # masks=public (user-level DP): data-free scores of the dense base, so the uploaded masks are public
-                heads, channels = _public_scores(str(base_dir(settings)), dims) if x.get("masks") == "public" \
+                heads, channels = _public_scores(runtime, dims) if x.get("masks") == "public" \
                     else tracker.full_scores(structure, dims)
                 new = select(heads, channels, structure, dims, level, str(x["head_rule"]))
                 current, _ = scatter_from(adapter_arrays(model), structure, dims, rank, full_shapes)
@@ -139,14 +127,11 @@ class FedSpinePruneTrainer:
         model.eval()
         adapter = adapter_arrays(model)
         reference = slice_to(received, structure, dims, rank)
-        k = max(1, len(losses) // 4)
         return TrainResult(
             adapter=adapter,
             num_examples=len(data.train_inputs),
             metrics={
-                "train_loss": float(np.mean(losses)),
-                "loss_start": float(np.mean(losses[:k])),
-                "loss_end": float(np.mean(losses[-k:])),
+                **loss_metrics(losses),
                 "compute_s": compute_s,
                 "rank": float(rank),
                 "ratio": float(level),
