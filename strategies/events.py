@@ -19,6 +19,10 @@ PHASES = ("configure_train", "train", "aggregate_train", "configure_evaluate", "
 class RunObserver:
     """Base class of every observer: each event is a no-op unless overridden."""
 
+    def on_start(self, strategy) -> None:
+        """The rounds are about to start (``strategy``: the run's FleetFedAvg, for observers that read its
+        ledger, e.g. the work each reply was sent)."""
+
     def on_phase(self, server_round: int, phase: str, seconds: float) -> None:
         """One phase of a round ended after ``seconds`` of wall time (a retried round emits its train phases
         once per attempt)."""
@@ -41,6 +45,10 @@ class Events(RunObserver):
 
     def append(self, observer: RunObserver) -> None:
         self.observers.append(observer)
+
+    def on_start(self, strategy) -> None:
+        for o in self.observers:
+            o.on_start(strategy)
 
     def on_phase(self, server_round: int, phase: str, seconds: float) -> None:
         for o in self.observers:

@@ -55,7 +55,6 @@ from strategies.privacy_layer import NoPrivacy, PrivacyLayer
 from strategies.round_state import FaultLog, RoundLedger, RunCounters
 from strategies.selection import Selection, UniformSelection, seeded
 from strategies.update_validation import (
-    Checked,
     ReplyRejected,
     RoundLimits,
     UpdateValidator,
@@ -68,7 +67,7 @@ from zeroqat.spsa import step_seeds
 logger = logging.getLogger(__name__)
 
 
-__all__ = ["Checked", "FleetFedAvg", "RoundLedger", "seeded"]
+__all__ = ["FleetFedAvg", "RoundLedger", "seeded"]
 
 
 class FleetFedAvg(Strategy):
@@ -108,6 +107,11 @@ class FleetFedAvg(Strategy):
     @property
     def fault_log(self) -> list[dict]:
         return self.faults.events
+
+    @property
+    def ledger(self) -> RoundLedger:
+        """The current round's (attempt's) ledger: who was sent which work, validation of the replies."""
+        return self._ledger
 
     # ------------------------------------------------------------------ fleet
     def discover(self, grid: Grid, timeout: float) -> None:
@@ -313,7 +317,7 @@ class FleetFedAvg(Strategy):
 
     def round_delta(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
         """The round's global delta: :meth:`aggregate_updates`, or the privacy layer's mechanism."""
-        return self.privacy.round_delta(self, server_round, updates)
+        return self.privacy.round_delta(server_round, updates, self.aggregate_updates)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

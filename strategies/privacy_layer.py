@@ -8,16 +8,14 @@ replaces the strategy's train selection and these points, and never copies the s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 
 from protocol.messages import Update, Work
 
-if TYPE_CHECKING:
-    from strategies.fleet_fedavg import FleetFedAvg
-
 Delta = dict[str, np.ndarray]
+Rule = Callable[[int, list[Update]], Delta]  # the strategy's own aggregation (server round, updates) -> delta
 
 
 class PrivacyLayer(ABC):
@@ -38,8 +36,8 @@ class PrivacyLayer(ABC):
         """Validated replies as the server may use them (private fields dropped)."""
 
     @abstractmethod
-    def round_delta(self, strategy: FleetFedAvg, server_round: int, updates: list[Update]) -> Delta:
-        """The round's global delta from the accepted updates."""
+    def round_delta(self, server_round: int, updates: list[Update], own_rule: Rule) -> Delta:
+        """The round's global delta from the accepted updates (``own_rule``: the strategy's aggregation)."""
 
     @abstractmethod
     def releases_without_replies(self) -> bool:
@@ -78,8 +76,8 @@ class NoPrivacy(PrivacyLayer):
     def released(self, accepted: list[tuple[Update, int]]) -> list[tuple[Update, int]]:
         return accepted
 
-    def round_delta(self, strategy: FleetFedAvg, server_round: int, updates: list[Update]) -> Delta:
-        return strategy.aggregate_updates(server_round, updates)
+    def round_delta(self, server_round: int, updates: list[Update], own_rule: Rule) -> Delta:
+        return own_rule(server_round, updates)
 
     def releases_without_replies(self) -> bool:
         return False

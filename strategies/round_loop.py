@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from protocol.messages import from_array_record
-
-if TYPE_CHECKING:
-    from strategies.fleet_fedavg import FleetFedAvg
+from runconfig.schema import Settings
+from strategies.events import Events
+from strategies.round_state import FaultLog, RunCounters
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,36 @@ logger = logging.getLogger(__name__)
 SUMMED = ("fleet/", "comm/", "cost/", "clock/sim_round_s")
 
 
+class FleetStrategy(Protocol):
+    """What the loop needs of a strategy (strategies/fleet_fedavg.py:FleetFedAvg): Flower's configure/aggregate
+    pairs, plus discovery, the run's counters, fault log, events and end-of-round hooks."""
+
+    settings: Settings
+    events: Events
+    counters: RunCounters
+    faults: FaultLog
+    attempt: int
+    concurrency: int
+    round_end_hooks: list[Callable[[int, dict[str, np.ndarray], dict[str, float]], None]]
+
+    def discover(self, grid: Grid, timeout: float) -> None: ...
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]: ...
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]: ...
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]: ...
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None: ...
+
+
 class PhaseTimer:
     """Wall time of each phase of one round (summed over attempts), each also emitted as an event."""
 
-    def __init__(self, strategy: FleetFedAvg, server_round: int) -> None:
+    def __init__(self, strategy: FleetStrategy, server_round: int) -> None:
         self.strategy, self.server_round, self.seconds = strategy, server_round, {}
 
     @contextmanager
@@ -51,7 +78,7 @@ class PhaseTimer:
         return sum(self.seconds.get(n, 0.0) for n in names)
 
 
-def aggregate_or_fail(strategy: FleetFedAvg, server_round: int, replies) -> tuple[ArrayRecord | None, dict]:
+def aggregate_or_fail(strategy: FleetStrategy, server_round: int, replies) -> tuple[ArrayRecord | None, dict]:
     """``aggregate_train``; an exception there fails this attempt (logged, counted, the global adapter stays)
     instead of the run: whatever the replies held, the next round still runs."""
     counters = strategy.counters
@@ -66,7 +93,7 @@ def aggregate_or_fail(strategy: FleetFedAvg, server_round: int, replies) -> tupl
         return None, {"fleet/round_failed": 1}
 
 
-def train_round(strategy: FleetFedAvg, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+def train_round(strategy: FleetStrategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                 timeout: float, timer: PhaseTimer | None = None) -> tuple[ArrayRecord | None, dict[str, float]]:
     """One round's training; a short round is retried with a fresh cohort (``federation.on_short_round``) up to
     ``max_retries`` times, then skipped (the global adapter stays). Counts add up over attempts."""
@@ -98,7 +125,7 @@ def train_round(strategy: FleetFedAvg, grid: Grid, server_round: int, arrays: Ar
     return new_arrays, metrics
 
 
-def round_end(strategy: FleetFedAvg, server_round: int, arrays: ArrayRecord, metrics: dict[str, float]) -> None:
+def round_end(strategy: FleetStrategy, server_round: int, arrays: ArrayRecord, metrics: dict[str, float]) -> None:
     """Hooks first (the checkpoint is on disk before MLflow shows the round), then observers."""
     adapter = from_array_record(arrays)
     for hook in strategy.round_end_hooks:
@@ -107,7 +134,7 @@ def round_end(strategy: FleetFedAvg, server_round: int, arrays: ArrayRecord, met
 
 
 def run_rounds(
-    strategy: FleetFedAvg,
+    strategy: FleetStrategy,
     grid: Grid,
     initial_arrays: ArrayRecord,
     num_rounds: int,
@@ -123,6 +150,7 @@ def run_rounds(
     train_config = train_config or ConfigRecord()
     evaluate_config = evaluate_config or ConfigRecord()
     result = Result(arrays=initial_arrays)
+    strategy.events.on_start(strategy)
     strategy.discover(grid, timeout)
     if evaluate_fn and first_round == 1:
         timer = PhaseTimer(strategy, 0)
