@@ -93,10 +93,10 @@ class UserLevelDP(PrivacyLayer):
         keep = self.privacy.record.enabled
         return [(withhold_private(u, keep_record_accounting=keep), size) for u, size in accepted]
 
-    def round_delta(self, strategy: FleetFedAvg, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
+    def round_delta(self, server_round: int, updates: list[Update], own_rule) -> dict[str, np.ndarray]:
         """Each update mapped into the global adapter's coordinates first (ranks zero-padded, pruned heads and
         channels as zeros), then clipped in that full space and noised on every coordinate (docs/privacy.md)."""
-        plan = self.plan
+        plan, strategy = self.plan, self.strategy
         client_side = self.privacy.noise_placement == "client"
         mean, report = dp_mean(
             [strategy.full_coordinates(u) for u in updates], strategy._global, plan.clip_norm, plan.sigma,
