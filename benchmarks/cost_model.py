@@ -23,6 +23,9 @@ transient bytes (``allocator_fraction``, fleet/cost_model.py's HOST_ALLOCATOR_FR
 Writes docs/benchmarks/cost_model.{md,json}.
 
     python -m benchmarks.cost_model [--threads 2] [--quick] [--skip-determinism] [--memory-only|--skip-memory] [--rss-memory]
+
+Size (~590 lines): one benchmark whose table joins four measurements of one cost model (step times, operator
+overhead, live and resident memory, the clock's determinism); the federated run it needs is server.run.FederatedRun.
 """
 
 from __future__ import annotations

@@ -10,10 +10,13 @@
    perplexity of each. Then where a round's wall time goes for backprop LoRA (every device), FedSpine's pruned
    trainer and ZeroQAT (every device), before and after; and a 1,000-device round with a cohort of 80.
 
-Every run is a child process (``--child``) that composes the config, wraps the strategy's server-side phases
-with timers and records each round's metrics. Prints a table and writes docs/benchmarks/throughput.{md,json}.
+Every run is a child process (``--child``) that composes the config, runs it with an observer of the run's
+phase events (strategies/events.py) and records each round's metrics. Prints a table and writes docs/benchmarks/throughput.{md,json}.
 
     python -m benchmarks.throughput [--rounds 4] [--cache-dir DIR] [--baseline-ref REF]
+
+Size (~460 lines): the host's peak, the child run and its analysis make one table; the run itself is
+simulations.launch (FederatedRun), its phase timings come from the run's events (strategies/events.py).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Differs from Flower's built-in ``FedAvg`` (``flwr.serverapp.strategy.FedAvg``) w
   device of the fleet it is; cohorts are drawn from devices that are online this round (per-class
   availability, seeded) and whose memory fits the work (work that does not fit is never sent; counted).
 * **Per-device work.** Each device gets its own ConfigRecord (trainer, rank, seed, ...): subclasses change
-  :meth:`work_for` and :meth:`aggregate_updates` (FedSpine's ranks and pruning, DP clipping and noise).
+  :meth:`work_for` and :meth:`aggregate_updates` (FedSpine's ranks and pruning; DP's clipping and noise are
+  the privacy layer's).
 * **Deltas and a simulated clock.** Replies carry adapter deltas; the round's simulated duration is its
   slowest reply's device time (compute scaled to the device + bytes over its links).
 * **Composed parts.** Selection (strategies/selection.py), the privacy layer (strategies/privacy_layer.py; DP
@@ -19,12 +20,14 @@ Differs from Flower's built-in ``FedAvg`` (``flwr.serverapp.strategy.FedAvg``) w
   with too few replies is retried or skipped; ``aggregation.rule`` picks a robust rule. After every round,
   ``round_end_hooks`` see the final state (the checkpointer); ``get_state``/``set_state`` carry what a
   subclass must keep across a resume (bandit statistics): extend both with ``super()``.
+
+Size (~410 lines): what is left here are the hooks FedSpine and DP-DyLoRA override (work, pricing, validation
+references, aggregation), kept in one class so that those strategies read as overrides of it.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -39,8 +42,6 @@ from fleet.devices import Device
 from fleet.pricing import FORWARD_ONLY_TRAINERS, Pricer
 from protocol.messages import (
     ARRAYS,
-    METRICS,
-    NUM_EXAMPLES,
     Update,
     Work,
     from_array_record,
@@ -50,8 +51,10 @@ from protocol.messages import (
 from runconfig.schema import Settings
 from strategies import robust_aggregation, round_loop
 from strategies.aggregation import apply_delta
+from strategies.discovery import discover_devices
 from strategies.events import Events, RunObserver
 from strategies.privacy_layer import NoPrivacy, PrivacyLayer
+from strategies.reply_metrics import federated_eval_metrics, reply_metrics
 from strategies.round_state import FaultLog, RoundLedger, RunCounters
 from strategies.selection import Selection, UniformSelection, seeded
 from strategies.update_validation import (
@@ -115,27 +118,9 @@ class FleetFedAvg(Strategy):
 
     # ------------------------------------------------------------------ fleet
     def discover(self, grid: Grid, timeout: float) -> None:
-        """Ask every connected node which device it is (one ``query`` message each)."""
-        wait_s = self.settings.federation.connect_timeout_s
-        deadline = time.monotonic() + wait_s
-        while len(nodes := list(grid.get_node_ids())) < len(self.devices) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if len(nodes) < len(self.devices):
-            logger.warning(
-                "fleet: %d of %d devices connected after %.0f s; going on with them (the federation has fewer "
-                "SuperNodes than fleet.size: e.g. `flwr federation simulation-config ... --num-supernodes %d`)",
-                len(nodes), len(self.devices), wait_s, len(self.devices))
-        messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-        for reply in grid.send_and_receive(messages, timeout=timeout):
-            if reply.has_error():
-                logger.warning("node %s did not identify itself: %s", reply.metadata.src_node_id, reply.error.reason)
-                continue
-            index = int(reply.content[METRICS]["device-index"])
-            if 0 <= index < len(self.devices):
-                self.node_of_device[index] = reply.metadata.src_node_id
-        if not self.node_of_device:
-            raise RuntimeError("no device of the fleet answered; is the ClientApp running?")
-        logger.info("fleet: %d of %d devices connected", len(self.node_of_device), len(self.devices))
+        """Ask every connected node which device it is (strategies/discovery.py)."""
+        self.node_of_device = discover_devices(grid, len(self.devices), self.settings.federation.connect_timeout_s,
+                                               timeout)
 
     def trainer_for(self, device: Device) -> str:
         return self.privacy.trainer() or self.settings.client.trainer or device.profile.trainer
@@ -289,19 +274,6 @@ class FleetFedAvg(Strategy):
             update.delta = upload.replay_delta(self._global, update.delta, z.lr, z.lr_schedule)
         return update
 
-    def class_metrics(self, good: list[tuple[Update, int]]) -> dict[str, float]:
-        """Per device class: train loss (example-weighted), replies and upload bytes (e.g. phones vs Jetsons)."""
-        out: dict[str, float] = {}
-        for name in sorted({self.devices[u.device_index].class_name for u, _ in good}):
-            rows = [(u, b) for u, b in good if self.devices[u.device_index].class_name == name]
-            weights = [u.num_examples for u, _ in rows]
-            if all("train_loss" in u.metrics for u, _ in rows):  # withheld under user-level DP (private)
-                out[f"train/loss/{name}"] = float(np.average([u.metrics["train_loss"] for u, _ in rows],
-                                                             weights=weights))
-            out[f"fleet/replies/{name}"] = len(rows)
-            out[f"comm/bytes_up/{name}"] = sum(b for _, b in rows)
-        return out
-
     def full_coordinates(self, update: Update) -> dict[str, np.ndarray]:
         """The update's delta in the global adapter's coordinates (strategies whose devices hold only part of
         the adapter place it there, zeros elsewhere): what user-level DP clips and noises."""
@@ -384,20 +356,7 @@ class FleetFedAvg(Strategy):
             metrics["validation/update_norm_max"] = max(norms)
         self.learn_from(server_round, updates)
         c.model_version += 1
-        weights = np.array([u.num_examples for u in updates], dtype=float)
-        losses = all("train_loss" in u.metrics for u in updates)  # withheld under user-level DP (private)
-        if losses:
-            metrics["train/loss"] = float(np.average([u.metrics["train_loss"] for u in updates], weights=weights))
-        metrics.update({
-            "timing/client_compute_s": sum(u.metrics["compute_s"] for u in updates),
-            "memory/peak_rss_mb": max(u.metrics.get("peak_rss_mb", 0.0) for u in updates),
-            **self.class_metrics([(u, b) for u, b, _ in kept]),
-        })
-        for trainer in {self.trainer_for(self.devices[u.device_index]) for u in updates}:
-            mine = [u for u in updates if self.trainer_for(self.devices[u.device_index]) == trainer]
-            metrics[f"memory/peak_rss_mb.{trainer}"] = max(u.metrics.get("peak_rss_mb", 0.0) for u in mine)
-            if losses:
-                metrics[f"train/loss.{trainer}"] = float(np.mean([u.metrics["train_loss"] for u in mine]))
+        metrics.update(reply_metrics(updates, [(u, b) for u, b, _ in kept], self.devices, self.trainer_for))
         return to_array_record(new_global), metrics
 
     def train_round(self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord | None,
@@ -435,17 +394,7 @@ class FleetFedAvg(Strategy):
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        rows = [m.content[METRICS] for m in replies if not m.has_error()]
-        tokens = np.array([r[NUM_EXAMPLES] for r in rows], dtype=float)
-        if not rows or tokens.sum() == 0:
-            return None
-        loss = float(np.average([r["eval_loss"] for r in rows], weights=tokens))
-        return MetricRecord({
-            "eval/fed_loss": loss,
-            "eval/fed_ppl": float(np.exp(min(loss, 50.0))),
-            "eval/fed_accuracy": float(np.average([r["eval_accuracy"] for r in rows], weights=tokens)),
-            "timing/client_eval_s": float(sum(r["compute_s"] for r in rows)),
-        })
+        return federated_eval_metrics(replies)
 
     def summary(self) -> None:
         logger.info("FleetFedAvg: %d devices, cohort %d, %d rounds", len(self.devices),
