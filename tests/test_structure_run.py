@@ -4,8 +4,8 @@ The strategy's parts (uniform or Poisson selection through one online/memory fil
 round loop of strategies/round_loop.py) replaced an inherited DP mixin and a copied ``Strategy.start``. Two
 small real runs through :class:`server.run.FederatedRun` on the in-process engine (tiny-llama, 8 devices,
 2 rounds), without and with user-level DP, must give the rounds the inherited code gave: the per-round metrics
-in tests/data/structure_rounds.json were recorded with the code before the redesign (same settings, same
-seed). Counts, bytes and privacy accounting must be equal; losses within 1e-4 relative (floating point across
+in tests/data/structure_rounds.json were recorded with the code before the redesign (commit fa554c8, same
+settings, same seed). Counts, bytes and privacy accounting must be equal; losses within 1e-4 relative (floating point across
 CPUs). Wall-clock metrics (``timing/``, ``memory/``) are not compared. The run's events: one per phase.
 """
 
