@@ -3,7 +3,7 @@
 ``python -m benchmarks.combined --model tiny-llama`` (about 15 minutes on the shared 2-core machine at the defaults
 below). FedSpine Jetsons (pruning + LoRA, arms from the bandit) and ZeroQAT phones (forward-only on packed W4A8
 bases) in one fleet (80dev), all under user-level DP-FedAvg with Opacus accounting. Every run goes through the real
-ServerApp code (``server.federation.run_server``) and the real ClientApp handlers on the in-process engine.
+ServerApp code (``server.run.FederatedRun``) and the real ClientApp handlers on the in-process engine.
 epsilon = inf is the same pipeline with sigma = 0 (clipped, not noised: the cost of the noise alone).
 Writes docs/benchmarks/combined.md and docs/benchmarks/combined.json (one file per --model: the default name
 for tiny-llama, ``combined_<model>.{md,json}`` otherwise).
@@ -48,13 +48,13 @@ def overrides(args, eps: float) -> list[str]:
 def run_one(args, eps: float) -> dict:
     from runconfig.load import compose
     from runconfig.plain import to_plain
-    from server.federation import run_server
+    from server.run import FederatedRun
     from simulations.inprocess import InProcessGrid
 
     settings = compose(overrides(args, eps))
     settings.output_dir = str(Path(args.workdir) / f"eps{eps}")
     start = time.perf_counter()
-    run_server(InProcessGrid(to_plain(settings), settings.fleet.size), settings, show_progress=False)
+    FederatedRun(settings, show_progress=False).execute(InProcessGrid(to_plain(settings), settings.fleet.size))
     return collect(settings, time.perf_counter() - start)
 
 

@@ -23,6 +23,9 @@ transient bytes (``allocator_fraction``, fleet/cost_model.py's HOST_ALLOCATOR_FR
 Writes docs/benchmarks/cost_model.{md,json}.
 
     python -m benchmarks.cost_model [--threads 2] [--quick] [--skip-determinism] [--memory-only|--skip-memory] [--rss-memory]
+
+Size (~590 lines): one benchmark whose table joins four measurements of one cost model (step times, operator
+overhead, live and resident memory, the clock's determinism); the federated run it needs is server.run.FederatedRun.
 """
 
 from __future__ import annotations
@@ -364,34 +367,22 @@ def memory_grid(threads: int, allocator_fraction: float, quick: bool = False, jo
 def sim_times(cache: str, workdir: Path, tag: str) -> list[float]:
     """Per-round ``clock/sim_time_s`` of the default fleet and method (+fleet=80dev, fedavg_lora) priced as
     SmolLM2-135M, in-process (2 short rounds)."""
-    from models.base_checkpoint import load_base_model
-    from models.lora import adapter_arrays, attach_lora
-    from protocol.messages import to_array_record
     from runconfig.load import compose
     from runconfig.plain import to_plain
-    from server.central_evaluation import CentralEvaluator
-    from server.federation import History, simulation_concurrency
-    from server.preflight import prepare
+    from server.run import FederatedRun
     from simulations.inprocess import InProcessGrid
-    from strategies import strategy_class
 
     run_dir = workdir / tag
     run_dir.mkdir()
-    os.chdir(run_dir)  # the run's checkpoint goes to its output_dir, "."
+    os.chdir(run_dir)  # the run's checkpoint and summary go to its output_dir, "."
     settings = compose(["+fleet=80dev", "cost=smollm2-135m", "rounds=2", "client.local_steps=2",
                         "federation.eval_cohort_size=0", "model.pretrain.steps=20",
                         "model.pretrain.warmup_steps=2", "data.central_eval_windows=16",
                         f"tracking.uri=sqlite:///{run_dir / 'm.db'}", "tracking.log_adapter=false",
-                        f"cache_dir={cache}"])
-    prepared = prepare(settings, show_progress=False)
-    peft_model = attach_lora(load_base_model(prepared.base_folder), settings.method.lora, settings.seed)
-    history = History()
-    strategy = strategy_class(settings.method.name)(settings, prepared.devices, prepared.shape,
-                                                    concurrency=simulation_concurrency(settings), observers=[history])
-    evaluator = CentralEvaluator(peft_model, prepared.corpus, settings.data.seq_len, settings.data.central_eval_windows)
-    strategy.start(InProcessGrid(to_plain(settings), settings.fleet.size),
-                   to_array_record(adapter_arrays(peft_model)), num_rounds=settings.rounds, evaluate_fn=evaluator)
-    return [float(history.rounds[r]["clock/sim_time_s"]) for r in sorted(history.rounds) if r > 0]
+                        "tracking.generations=0", f"cache_dir={cache}"])
+    run = FederatedRun(settings, show_progress=False)
+    run.execute(InProcessGrid(to_plain(settings), settings.fleet.size))
+    return [float(run.history.rounds[r]["clock/sim_time_s"]) for r in sorted(run.history.rounds) if r > 0]
 
 
 def median_abs(points: list[dict]) -> float:

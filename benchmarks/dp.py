@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.dp`` (about 50 minutes on 2 CPU cores: 2 seeds x 5 epsilons per method, one process per
 method; ``--rewrite`` re-renders the tables from finished runs). Every run goes through the real ServerApp
-code (``server.federation.run_server``: strategy, DP mixin, Opacus accounting, MLflow) and the real ClientApp
+code (``server.run.FederatedRun``: strategy, DP layer, Opacus accounting, MLflow) and the real ClientApp
 handlers, on :class:`simulations.inprocess.InProcessGrid` (no Ray: only the sampled clients compute).
 epsilon = inf is the non-private run (privacy=none: plain FedAvg of the same method, same rounds and seeds);
 finite epsilons calibrate sigma with Opacus's get_noise_multiplier at delta = 1/N^1.1.
@@ -47,7 +47,7 @@ def overrides(args, method: str, eps: float, seed: int) -> list[str]:
 def run_one(args, method: str, eps: float, seed: int) -> dict:
     from runconfig.load import compose
     from runconfig.plain import to_plain
-    from server.federation import run_server
+    from server.run import FederatedRun
     from server.preflight import prepare
     from simulations.inprocess import InProcessGrid
 
@@ -56,7 +56,7 @@ def run_one(args, method: str, eps: float, seed: int) -> dict:
     prepared = prepare(settings, show_progress=False)
     if prepared.corpus.num_clients < args.population:
         raise SystemExit(f"only {prepared.corpus.num_clients} roles for a population of {args.population}")
-    run_server(InProcessGrid(to_plain(settings), settings.fleet.size), settings, show_progress=False)
+    FederatedRun(settings, show_progress=False).execute(InProcessGrid(to_plain(settings), settings.fleet.size))
     return collect(args, method, eps, seed)
 
 

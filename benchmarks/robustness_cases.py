@@ -60,7 +60,7 @@ class Round:
         if strategy is None:
             strategy = FleetFedAvg(settings, build_fleet(settings.fleet, settings.seed), TOY, 1)
             strategy.known_examples = {d.index: WINDOWS for d in strategy.devices}
-            strategy.model_version = VERSION
+            strategy.counters.model_version = VERSION
             strategy._global = global_adapter()
         ledger = RoundLedger()
         for i in cohort:
@@ -70,7 +70,7 @@ class Round:
             work = strategy.work_for(device, ROUND)
             if trainer:
                 work.trainer = trainer
-            work.model_version = strategy.model_version
+            work.model_version = strategy.counters.model_version
             ledger.work[i] = work
         strategy._ledger = ledger
         return cls(strategy, list(cohort))
@@ -85,7 +85,7 @@ class Round:
         delta = {k: (v * scale * gnorm / norm).astype(np.float32) for k, v in raw.items()}
         loss = float(rng.uniform(2.0, 6.0))
         return Update(device_index=device, server_round=ROUND, delta=delta, num_examples=WINDOWS,
-                      model_version=self.strategy.model_version,
+                      model_version=self.strategy.counters.model_version,
                       metrics={"compute_s": float(rng.uniform(0.1, 5)), "host_gflops": 50.0,
                                "train_loss": loss, "loss_start": loss + 0.2, "loss_end": loss - 0.2,
                                "handler_s": 1.0, "decode_s": 0.01, "peak_rss_mb": 900.0})

@@ -10,10 +10,13 @@
    perplexity of each. Then where a round's wall time goes for backprop LoRA (every device), FedSpine's pruned
    trainer and ZeroQAT (every device), before and after; and a 1,000-device round with a cohort of 80.
 
-Every run is a child process (``--child``) that composes the config, wraps the strategy's server-side phases
-with timers and records each round's metrics. Prints a table and writes docs/benchmarks/throughput.{md,json}.
+Every run is a child process (``--child``) that composes the config, runs it with an observer of the run's
+phase events (strategies/events.py) and records each round's metrics. Prints a table and writes docs/benchmarks/throughput.{md,json}.
 
     python -m benchmarks.throughput [--rounds 4] [--cache-dir DIR] [--baseline-ref REF]
+
+Size (~460 lines): the host's peak, the child run and its analysis make one table; the run itself is
+simulations.launch (FederatedRun), its phase timings come from the run's events (strategies/events.py).
 """
 
 from __future__ import annotations
@@ -82,62 +85,37 @@ def host_peaks() -> dict:
 
 # ------------------------------------------------------------------------------------------- child runs
 def child(overrides: list[str], out_path: Path) -> None:
-    """One run with timers around the server's phases; writes every round's metrics to ``out_path``.
+    """One run; writes every round's metrics (from its MLflow run), the server's phase timings and every
+    training reply (from the run's events, strategies/events.py) to ``out_path``.
 
-    Also runs on the baseline commit's code (``PYTHONPATH`` set to its worktree): what that code lacks (the
-    per-reply work ledger, the cost model) is left out of its record, not faked."""
+    Also runs on the baseline commit's code (``PYTHONPATH`` set to its worktree): what that code lacks (run
+    events, the per-reply work ledger, the cost model) is left out of its record, not faked."""
+    from mlflow.tracking import MlflowClient
+
     from runconfig.load import compose
     from server.preflight import prepare
     from simulations.launch import launch_simulation, quiet_frameworks
-    from strategies.fleet_fedavg import FleetFedAvg
 
     quiet_frameworks()
     settings = compose(overrides)
     prepared = prepare(settings, show_progress=False)
-    rounds: dict[int, dict] = {}
-    phase: dict[str, float] = {}
+    phases: dict[int, dict[str, float]] = {}
     replies: list[dict] = []
-
-    def timed(name, fn):
-        def wrapper(self, *args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(self, *args, **kwargs)
-            finally:
-                phase[name] = phase.get(name, 0.0) + time.perf_counter() - start
-        return wrapper
-
-    original_aggregate = FleetFedAvg.aggregate_train
-
-    def aggregate_train(self, server_round, messages):
-        messages = list(messages)
-        ledger = getattr(getattr(self, "_ledger", None), "work", None)
-        for m in messages:
-            if not m.has_error() and ledger is not None and hasattr(self, "work_levels"):
-                metrics = dict(m.content["metrics"])
-                trainer = self.trainer_for(self.devices[int(metrics["device-index"])])
-                work = ledger.get(int(metrics["device-index"]))
-                replies.append({"trainer": trainer, "round": server_round, **{k: float(v) for k, v in metrics.items()
-                                if isinstance(v, (int, float))}, "rank": work.rank if work else 0,
-                                "steps": work.local_steps if work else 0, "batch": work.batch_size if work else 0,
-                                "levels": self.work_levels(work, self.devices[work.device_index]) if work else None})
-        return original_aggregate(self, server_round, messages)
-
-    FleetFedAvg.aggregate_train = timed("aggregate_train_s", aggregate_train)
-    FleetFedAvg.configure_train = timed("configure_train_s", FleetFedAvg.configure_train)
-    FleetFedAvg.configure_evaluate = timed("configure_evaluate_s", FleetFedAvg.configure_evaluate)
-    FleetFedAvg.aggregate_evaluate = timed("aggregate_evaluate_s", FleetFedAvg.aggregate_evaluate)
-    original_round_end = FleetFedAvg._round_end
-
-    def round_end(self, server_round, arrays, metrics):
-        rounds[server_round] = {**{k: float(v) for k, v in metrics.items()}, **phase}
-        phase.clear()
-        return original_round_end(self, server_round, arrays, metrics)
-
-    FleetFedAvg._round_end = round_end
+    try:
+        observers = [phase_recorder(phases, replies)]
+    except ImportError:  # the baseline's code: no run events
+        observers = []
     start = time.perf_counter()
-    launch_simulation(settings, show_progress=False)
+    launch_simulation(settings, show_progress=False, **({"observers": observers} if observers else {}))
     wall = time.perf_counter() - start
+    client = MlflowClient(tracking_uri=settings.tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name(settings.tracking.experiment).experiment_id])
+    rounds: dict[int, dict] = {}
+    for key in run.data.metrics:
+        for m in client.get_metric_history(run.info.run_id, key):
+            rounds.setdefault(m.step, {})[key] = m.value
+    for rnd, seconds in phases.items():
+        rounds.setdefault(rnd, {}).update(seconds)
     if replies:  # model FLOPs of each reply's local training (fleet/cost_model.py: the one FLOP counter)
         from fleet.cost_model import job_cost
         from fleet.pricing import Pricer
@@ -154,6 +132,38 @@ def child(overrides: list[str], out_path: Path) -> None:
               "cohort_batching": bool(getattr(sim, "cohort_batching", False)), "precision": settings.client.precision}
     out_path.write_text(json.dumps({"overrides": overrides, "wall_s": wall, "rounds": rounds, "replies": replies,
                                     "engine": engine}))
+
+
+def phase_recorder(phases: dict[int, dict[str, float]], replies: list[dict]):
+    """A run observer that sums each round's server phases (``<phase>_s``) and keeps every training reply's
+    metrics with the work it was sent (rank, steps, batch, pruning levels)."""
+    from strategies.events import RunObserver
+
+    class PhaseRecorder(RunObserver):
+        strategy = None
+
+        def on_start(self, strategy) -> None:
+            self.strategy = strategy
+
+        def on_phase(self, server_round: int, phase: str, seconds: float) -> None:
+            row = phases.setdefault(server_round, {})
+            row[f"{phase}_s"] = row.get(f"{phase}_s", 0.0) + seconds
+
+        def on_train_replies(self, server_round: int, messages) -> None:
+            for m in messages:
+                if m.has_error():
+                    continue
+                metrics = dict(m.content["metrics"])
+                s = self.strategy
+                device = s.devices[int(metrics["device-index"])]
+                work = s.ledger.work.get(device.index)
+                replies.append({"trainer": s.trainer_for(device), "round": server_round,
+                                **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+                                "rank": work.rank if work else 0, "steps": work.local_steps if work else 0,
+                                "batch": work.batch_size if work else 0,
+                                "levels": s.work_levels(work, device) if work else None})
+
+    return PhaseRecorder()
 
 
 def baseline_worktree(ref: str, work: Path) -> Path | None:
@@ -211,6 +221,7 @@ def analyse(run: dict, peaks: dict) -> dict:
     achieved = flops / max(compute_total, 1e-9) / 1e9  # GFLOP/s while a device computes
     steps = sum(r.get("steps", 0) for r in reps) / len(measured)
     ppl = rounds[max(rounds)].get("eval/global_ppl")
+    phased = any("aggregate_train_s" in rounds[r] for r in measured)
     detail = bool(reps)  # the baseline's code records no per-reply work: only its round times and quality
     opt = lambda v: round(v, 3) if detail else None  # noqa: E731
     return {
@@ -222,7 +233,7 @@ def analyse(run: dict, peaks: dict) -> dict:
         "serialisation_s": opt(decode + server_ser),
         "fed_eval_compute_s": round(eval_compute, 3),
         "ray_transport_s": opt(transport),
-        "aggregation_s": round(aggregation, 3),
+        "aggregation_s": round(aggregation, 3) if phased else None,  # phase events: not in the baseline's code
         "central_eval_s": round(central, 3),
         "client_steps_per_s": round(steps / max(mean("timing/train_wall_s"), 1e-9), 2) if detail else None,
         "model_gflop_per_round": round(flops / 1e9, 2) if detail else None,

@@ -101,7 +101,3 @@ def compose(overrides: list[str]) -> Settings:
         container["output_dir"] = "."  # the default names Hydra's run dir, which exists only in a Hydra app
     return to_settings(OmegaConf.create(container))
 
-
-# TEMPORARY re-export for code written before the split (branches issue-22-run / issue-22-trainers): import these
-# from runconfig.plain. Remove once those branches are merged and `grep -rn "runconfig.load import" .` shows none.
-from runconfig.plain import flatten, from_plain, to_plain  # noqa: E402,F401

@@ -7,20 +7,25 @@ otherwise."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from runconfig.load import compose
 from runconfig.plain import from_plain
 from server.federation import run_server
+from strategies.events import RunObserver
 
 
-def build_server_app(plain_settings: dict, show_progress: bool = True) -> ServerApp:
+def build_server_app(plain_settings: dict, show_progress: bool = True, observers: Iterable[RunObserver] = ()
+                     ) -> ServerApp:
+    """``observers`` receive the run's events (they run in this process: the simulation's ServerApp does)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, from_plain(plain_settings), show_progress=show_progress)
+        run_server(grid, from_plain(plain_settings), show_progress=show_progress, observers=observers)
 
     return app
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
+from strategies.events import RunObserver
+
 SHOWN = {
     "eval/global_ppl": "ppl",
     "eval/global_accuracy": "acc",
@@ -13,7 +15,7 @@ SHOWN = {
 }
 
 
-class RoundProgress:
+class RoundProgress(RunObserver):
     def __init__(self, rounds: int, enabled: bool = True) -> None:
         self.bar = tqdm(total=rounds, desc="federated rounds", unit="round", disable=not enabled, dynamic_ncols=True)
 

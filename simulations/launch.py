@@ -10,9 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from runconfig.plain import to_plain
 from runconfig.schema import Settings
+
+if TYPE_CHECKING:  # (strategies imports the ML frameworks, which quiet_frameworks must precede)
+    from strategies.events import RunObserver
 
 
 def quiet_frameworks() -> None:
@@ -52,8 +57,9 @@ def backend_config(settings: Settings) -> dict:
     }
 
 
-def launch_simulation(settings: Settings, show_progress: bool = True) -> None:
-    """Run the ServerApp and one ClientApp per device of the fleet on Flower's simulation engine."""
+def launch_simulation(settings: Settings, show_progress: bool = True, observers: Iterable[RunObserver] = ()) -> None:
+    """Run the ServerApp and one ClientApp per device of the fleet on Flower's simulation engine; ``observers``
+    receive the run's events (strategies/events.py: phase timings, rounds)."""
     quiet_frameworks()
     from flwr.simulation import run_simulation
 
@@ -71,10 +77,10 @@ def launch_simulation(settings: Settings, show_progress: bool = True) -> None:
         from simulations.inprocess import InProcessGrid
 
         with InProcessGrid(plain, settings.fleet.size) as grid:
-            run_server(grid, settings, show_progress=show_progress)
+            run_server(grid, settings, show_progress=show_progress, observers=observers)
         return
     run_simulation(
-        server_app=build_server_app(plain, show_progress=show_progress),
+        server_app=build_server_app(plain, show_progress=show_progress, observers=observers),
         client_app=build_client_app(plain),
         num_supernodes=settings.fleet.size,
         backend_name=settings.simulation.backend,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from strategies.dp_dylora import DyLoraFedAvg
 from strategies.fedspine import FEDSPINE_METHODS, FedSpine
-from strategies.fleet_fedavg import FleetFedAvg, RoundObserver
+from strategies.events import RunObserver
+from strategies.fleet_fedavg import FleetFedAvg
 
 STRATEGIES: dict[str, type[FleetFedAvg]] = {"fedavg_lora": FleetFedAvg}
 STRATEGIES["dp_dylora"] = STRATEGIES["dp_lora"] = DyLoraFedAvg  # privacy/dylora.py; DP from privacy=user_dp
@@ -17,4 +18,4 @@ def strategy_class(method: str) -> type[FleetFedAvg]:
     return STRATEGIES[method]
 
 
-__all__ = ["STRATEGIES", "FleetFedAvg", "RoundObserver", "strategy_class"]
+__all__ = ["STRATEGIES", "FleetFedAvg", "RunObserver", "strategy_class"]

@@ -10,9 +10,10 @@ whole (privacy.dp_fedavg), and noise lands only on those b components: the updat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
@@ -23,6 +24,16 @@ from protocol.messages import from_array_record, to_array_record
 from runconfig.errors import ConfigError
 from runconfig.schema import DyLoraConfig
 from strategies.fleet_fedavg import FleetFedAvg, seeded
+
+
+class CentralEvaluation(Protocol):
+    """server/central_evaluation.py:CentralEvaluator: the server's model and held-out windows."""
+
+    model: torch.nn.Module
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None: ...
 
 
 class DyLoraFedAvg(FleetFedAvg):
@@ -71,11 +82,11 @@ class DyLoraFedAvg(FleetFedAvg):
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config=None, evaluate_config=None,
-              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+              evaluate_fn: CentralEvaluation | None = None,
               first_round: int = 1) -> Result:
         """As FleetFedAvg.start; the central evaluation of the last round also scores each of ``eval_ranks``."""
         wrapped = evaluate_fn
-        if evaluate_fn is not None and hasattr(evaluate_fn, "model") and self.dylora.eval_ranks:
+        if evaluate_fn is not None and self.dylora.eval_ranks:
             def wrapped(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
                 metrics = evaluate_fn(server_round, arrays)
                 if server_round == num_rounds:
@@ -84,7 +95,7 @@ class DyLoraFedAvg(FleetFedAvg):
         return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, wrapped,
                              first_round=first_round)
 
-    def rank_metrics(self, evaluator, arrays: ArrayRecord) -> dict[str, float]:
+    def rank_metrics(self, evaluator: CentralEvaluation, arrays: ArrayRecord) -> dict[str, float]:
         adapter = from_array_record(arrays)
         out = {}
         for b in sorted(set(self.dylora.eval_ranks)):

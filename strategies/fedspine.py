@@ -353,9 +353,8 @@ class FedSpine(FleetFedAvg):
         return out
 
     def _log_bandit_state(self, server_round: int) -> None:
-        for observer in self.observers:
-            if hasattr(observer, "log_dict") and self.bandits:
-                observer.log_dict(self.bandit_table(), f"fedspine/bandit_round{server_round:03d}.json")
+        if self.bandits:
+            self.events.on_artifact(self.bandit_table(), f"fedspine/bandit_round{server_round:03d}.json")
 
     def get_state(self) -> dict:
         """JSON-serialisable strategy state: device structures, bandits and the arm log (for checkpoints)."""

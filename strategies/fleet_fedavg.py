@@ -6,41 +6,42 @@ Differs from Flower's built-in ``FedAvg`` (``flwr.serverapp.strategy.FedAvg``) w
   device of the fleet it is; cohorts are drawn from devices that are online this round (per-class
   availability, seeded) and whose memory fits the work (work that does not fit is never sent; counted).
 * **Per-device work.** Each device gets its own ConfigRecord (trainer, rank, seed, ...): subclasses change
-  :meth:`work_for` and :meth:`aggregate_updates` (FedSpine's ranks and pruning, DP clipping and noise).
+  :meth:`work_for` and :meth:`aggregate_updates` (FedSpine's ranks and pruning; DP's clipping and noise are
+  the privacy layer's).
 * **Deltas and a simulated clock.** Replies carry adapter deltas; the round's simulated duration is its
   slowest reply's device time (compute scaled to the device + bytes over its links).
-* **Observers.** ``start`` mirrors ``Strategy.start``'s round loop and hands every round's metrics to
-  observers (MLflow, the progress bar), as Flower's own examples do by overriding ``start``.
+* **Composed parts.** Selection (strategies/selection.py), the privacy layer (strategies/privacy_layer.py; DP
+  is put on by privacy/dp_fedavg.py:with_user_dp), reply validation (strategies/update_validation.py), pricing
+  (fleet/pricing.py), the fault log and run counters (strategies/round_state.py) and events to observers
+  (strategies/events.py) are objects; ``start`` runs strategies/round_loop.py, Flower's loop plus discovery,
+  retries and resume.
 * **Faults** (docs/faults.md). Devices fail mid-round (per-class ``failure_rate``) or reply after the round's
   simulated deadline; every reply is validated before aggregation (strategies/update_validation.py); a round
   with too few replies is retried or skipped; ``aggregation.rule`` picks a robust rule. After every round,
   ``round_end_hooks`` see the final state (the checkpointer); ``get_state``/``set_state`` carry what a
-  subclass must keep across a resume (bandit, accountant): extend both with ``super()``.
+  subclass must keep across a resume (bandit statistics): extend both with ``super()``.
+
+Size (~410 lines): what is left here are the hooks FedSpine and DP-DyLoRA override (work, pricing, validation
+references, aggregation), kept in one class so that those strategies read as overrides of it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 import logging
-from typing import Protocol
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from fleet.availability import failing_devices, on_time, round_duration, selection_size
 from fleet.arch import ArchShape
+from fleet.availability import failing_devices, on_time, round_duration, selection_size
 from fleet.clock import DeviceTime
 from fleet.devices import Device
 from fleet.pricing import FORWARD_ONLY_TRAINERS, Pricer
 from protocol.messages import (
     ARRAYS,
-    METRICS,
-    NUM_EXAMPLES,
     Update,
     Work,
     from_array_record,
@@ -48,10 +49,15 @@ from protocol.messages import (
     work_message_content,
 )
 from runconfig.schema import Settings
-from strategies import robust_aggregation
+from strategies import robust_aggregation, round_loop
 from strategies.aggregation import apply_delta
+from strategies.discovery import discover_devices
+from strategies.events import Events, RunObserver
+from strategies.privacy_layer import NoPrivacy, PrivacyLayer
+from strategies.reply_metrics import federated_eval_metrics, reply_metrics
+from strategies.round_state import FaultLog, RoundLedger, RunCounters
+from strategies.selection import Selection, UniformSelection, seeded
 from strategies.update_validation import (
-    Checked,
     ReplyRejected,
     RoundLimits,
     UpdateValidator,
@@ -64,28 +70,7 @@ from zeroqat.spsa import step_seeds
 logger = logging.getLogger(__name__)
 
 
-class RoundObserver(Protocol):
-    def on_round(self, server_round: int, metrics: dict[str, float]) -> None: ...
-
-
-def seeded(*parts) -> int:
-    """A 32-bit seed from any parts, stable across processes (unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
-
-
-@dataclass
-class RoundLedger:
-    """What happened to the fleet in one round (before aggregation)."""
-
-    sent: dict[int, Device] = field(default_factory=dict)  # node id -> device
-    offline: int = 0
-    skipped_memory: int = 0
-    bytes_down_each: int = 0
-    bytes_down: dict[int, int] = field(default_factory=dict)  # device index -> bytes of its train message
-    work: dict[int, Work] = field(default_factory=dict)  # device index -> the work it was sent (priced from it)
-    failing: set[int] = field(default_factory=set)  # device indices that fail mid-training (never sent)
-    checked: Checked = field(default_factory=Checked)  # validation of the replies
-    norm_bound: float | None = None  # the round's default absolute bound on a delta's L2 norm
+__all__ = ["FleetFedAvg", "RoundLedger", "seeded"]
 
 
 class FleetFedAvg(Strategy):
@@ -95,54 +80,50 @@ class FleetFedAvg(Strategy):
         devices: list[Device],
         model_shape: ArchShape,
         concurrency: int,
-        observers: Iterable[RoundObserver] = (),
+        observers: Iterable[RunObserver] = (),
     ) -> None:
         self.settings = settings
         self.devices = devices
         self.model_shape = model_shape  # the trained model's; self.pricer prices the work as cost.priced_as
         self.pricer = Pricer(settings, model_shape)
         self.concurrency = max(1, concurrency)
-        self.observers = list(observers)
+        self.events = Events(observers)
         self.node_of_device: dict[int, int] = {}
-        self.sim_time_s = 0.0
         self._ledger = RoundLedger()
         self._global: dict[str, np.ndarray] = {}
         self.validator = UpdateValidator(settings.validation)
-        self.model_version = 0  # global adapters produced so far (work carries it; stale replies are rejected)
+        self.selection: Selection = UniformSelection(devices, settings.seed)  # evaluation cohorts
+        self.train_selection: Selection = self.selection  # training cohorts (user-level DP: Poisson sampling)
+        self.privacy: PrivacyLayer = NoPrivacy()  # privacy/dp_fedavg.py:with_user_dp replaces it
+        self.counters = RunCounters()  # simulated clock, model version, recent delta norms
+        self.faults = FaultLog()
         self.attempt = 0  # retry of the current round (0: first try)
         self.round_end_hooks: list[Callable[[int, dict[str, np.ndarray], dict[str, float]], None]] = []
-        self.fault_log: list[dict] = []  # every failed, rejected or late device with its reason (MLflow faults.json)
         # num-examples each device may claim (its aggregation weight): the server's count of its data windows
         # (set by server.federation in a simulation); validation.max_examples caps it too
         self.known_examples: dict[int, int] = {}
-        self.norm_history: list[float] = []  # median accepted delta norm of recent rounds (the default norm bound)
+
+    @property
+    def observers(self) -> list[RunObserver]:
+        return self.events.observers
+
+    @property
+    def fault_log(self) -> list[dict]:
+        return self.faults.events
+
+    @property
+    def ledger(self) -> RoundLedger:
+        """The current round's (attempt's) ledger: who was sent which work, validation of the replies."""
+        return self._ledger
 
     # ------------------------------------------------------------------ fleet
     def discover(self, grid: Grid, timeout: float) -> None:
-        """Ask every connected node which device it is (one ``query`` message each)."""
-        wait_s = self.settings.federation.connect_timeout_s
-        deadline = time.monotonic() + wait_s
-        while len(nodes := list(grid.get_node_ids())) < len(self.devices) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if len(nodes) < len(self.devices):
-            logger.warning(
-                "fleet: %d of %d devices connected after %.0f s; going on with them (the federation has fewer "
-                "SuperNodes than fleet.size: e.g. `flwr federation simulation-config ... --num-supernodes %d`)",
-                len(nodes), len(self.devices), wait_s, len(self.devices))
-        messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-        for reply in grid.send_and_receive(messages, timeout=timeout):
-            if reply.has_error():
-                logger.warning("node %s did not identify itself: %s", reply.metadata.src_node_id, reply.error.reason)
-                continue
-            index = int(reply.content[METRICS]["device-index"])
-            if 0 <= index < len(self.devices):
-                self.node_of_device[index] = reply.metadata.src_node_id
-        if not self.node_of_device:
-            raise RuntimeError("no device of the fleet answered; is the ClientApp running?")
-        logger.info("fleet: %d of %d devices connected", len(self.node_of_device), len(self.devices))
+        """Ask every connected node which device it is (strategies/discovery.py)."""
+        self.node_of_device = discover_devices(grid, len(self.devices), self.settings.federation.connect_timeout_s,
+                                               timeout)
 
     def trainer_for(self, device: Device) -> str:
-        return self.settings.client.trainer or device.profile.trainer
+        return self.privacy.trainer() or self.settings.client.trainer or device.profile.trainer
 
     def rank_for(self, device: Device, server_round: int) -> int:
         return self.settings.method.lora.rank
@@ -160,13 +141,17 @@ class FleetFedAvg(Strategy):
             seed=seeded(self.settings.seed, server_round, device.index),
         )
 
+    def device_work(self, device: Device, server_round: int) -> Work:
+        """The work a device is sent: the strategy's :meth:`work_for`, then what the privacy layer asks."""
+        return self.privacy.decorate(self.work_for(device, server_round))
+
     def train_content(self, arrays: ArrayRecord, work: Work, device: Device) -> RecordDict:
         """A train message's content (hook: FedSpine adds the device's kept-structure masks)."""
         return work_message_content(arrays, work)
 
     def eval_work_for(self, device: Device, server_round: int) -> Work:
         """The Work of an evaluate message (hook: FedSpine evaluates the global adapter at its full rank)."""
-        return self.work_for(device, server_round)
+        return self.device_work(device, server_round)
 
     # ------------------------------------------------------------------ pricing (fleet/pricing.py)
     def work_levels(self, work: Work, device: Device) -> list[float] | None:
@@ -201,23 +186,15 @@ class FleetFedAvg(Strategy):
         return self.pricer.memory(self.priced_job(work, device))
 
     def select(self, server_round: int, size: int, purpose: str, trainable_params: int) -> tuple[list[Device], RoundLedger]:
-        """Seeded cohort: online devices (per-class availability) whose memory fits the work (a retry of the
-        round, ``self.attempt`` > 0, draws afresh)."""
-        parts = (self.settings.seed, server_round, purpose) + ((self.attempt,) if self.attempt else ())
-        rng = np.random.default_rng(seeded(*parts))
-        ledger = RoundLedger()
-        candidates = []
-        for device in self.devices:
-            if device.index not in self.node_of_device or rng.random() >= device.profile.availability:
-                ledger.offline += 1
-                continue
-            work = self.work_for(device, server_round)
-            if self.memory_needed(device, work, trainable_params) > device.usable_memory_bytes:
-                ledger.skipped_memory += 1
-                continue
-            candidates.append(device)
-        chosen = rng.choice(len(candidates), size=min(size, len(candidates)), replace=False) if candidates else []
-        return [candidates[i] for i in sorted(chosen)], ledger
+        """The cohort of ``purpose`` ("train": ``train_selection``, else ``selection``) among the connected devices
+        whose memory fits the work (a retry of the round, ``self.attempt`` > 0, draws afresh)."""
+        def fits(device: Device) -> bool:
+            work = self.device_work(device, server_round)
+            return self.memory_needed(device, work, trainable_params) <= device.usable_memory_bytes
+
+        selection = self.train_selection if purpose == "train" else self.selection
+        drawn = selection.draw(server_round, size, purpose, self.attempt, self.node_of_device, fits)
+        return drawn.cohort, RoundLedger(offline=drawn.offline, skipped_memory=drawn.skipped_memory)
 
     # ------------------------------------------------------------- training
     def configure_train(
@@ -237,9 +214,9 @@ class FleetFedAvg(Strategy):
                 continue
             node = self.node_of_device[device.index]
             ledger.sent[node] = device
-            work = self.work_for(device, server_round)
+            work = self.device_work(device, server_round)
             ledger.work[device.index] = work
-            work.model_version = self.model_version
+            work.model_version = self.counters.model_version
             content = self.train_content(arrays, work, device)
             ledger.bytes_down[device.index] = content[ARRAYS].count_bytes()
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
@@ -251,9 +228,10 @@ class FleetFedAvg(Strategy):
 
         Rejections (with device and reason) are kept in the round's ledger (``checked``) and counted in MLflow.
         """
-        checked = self.validator.check(server_round, self.model_version, self.update_reference, replies,
+        checked = self.validator.check(server_round, self.counters.model_version, self.update_reference, replies,
                                        {node: d.index for node, d in self._ledger.sent.items()}, self.parse_update,
                                        self.round_limits())
+        checked.accepted = self.privacy.released(checked.accepted)  # under DP: private fields dropped once checked
         self._ledger.checked = checked
         return checked.accepted, len(checked.failed)
 
@@ -268,13 +246,13 @@ class FleetFedAvg(Strategy):
         return min(caps) if caps else None
 
     def norm_floor(self) -> float:
-        """A delta norm honest devices reach whatever the adapter (hook: client-side DP noise)."""
-        return 0.0
+        """A delta norm honest devices reach whatever the adapter (client-side DP noise)."""
+        return self.privacy.norm_floor(self._global)
 
     def round_limits(self) -> RoundLimits:
         """Weight caps, the default absolute norm bound and the expansion hook of this round's validation."""
         bound = default_norm_bound(self.settings.validation.norm_bound_factor, delta_norm(self._global),
-                                   self.norm_history, self.norm_floor())
+                                   self.counters.norm_history, self.norm_floor())
         self._ledger.norm_bound = bound
         return RoundLimits(max_examples=self.max_examples, expand=self.expand_update, norm_bound=bound)
 
@@ -296,19 +274,6 @@ class FleetFedAvg(Strategy):
             update.delta = upload.replay_delta(self._global, update.delta, z.lr, z.lr_schedule)
         return update
 
-    def class_metrics(self, good: list[tuple[Update, int]]) -> dict[str, float]:
-        """Per device class: train loss (example-weighted), replies and upload bytes (e.g. phones vs Jetsons)."""
-        out: dict[str, float] = {}
-        for name in sorted({self.devices[u.device_index].class_name for u, _ in good}):
-            rows = [(u, b) for u, b in good if self.devices[u.device_index].class_name == name]
-            weights = [u.num_examples for u, _ in rows]
-            if all("train_loss" in u.metrics for u, _ in rows):  # withheld under user-level DP (private)
-                out[f"train/loss/{name}"] = float(np.average([u.metrics["train_loss"] for u, _ in rows],
-                                                             weights=weights))
-            out[f"fleet/replies/{name}"] = len(rows)
-            out[f"comm/bytes_up/{name}"] = sum(b for _, b in rows)
-        return out
-
     def full_coordinates(self, update: Update) -> dict[str, np.ndarray]:
         """The update's delta in the global adapter's coordinates (strategies whose devices hold only part of
         the adapter place it there, zeros elsewhere): what user-level DP clips and noises."""
@@ -322,10 +287,19 @@ class FleetFedAvg(Strategy):
         return robust_aggregation.aggregate(self.settings.aggregation, [u.delta for u in updates],
                                             [u.num_examples for u in updates])
 
+    def round_delta(self, server_round: int, updates: list[Update]) -> dict[str, np.ndarray]:
+        """The round's global delta: :meth:`aggregate_updates`, or the privacy layer's mechanism."""
+        return self.privacy.round_delta(server_round, updates, self.aggregate_updates)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        arrays, metrics = self._aggregate_replies(server_round, list(replies))
+        metrics.update(self.privacy.round_metrics([u for u, _ in self._ledger.checked.accepted]))
+        self.privacy.after_round()
+        return arrays, MetricRecord(metrics)
+
+    def _aggregate_replies(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord | None, dict]:
         good, failed = self.valid_updates(server_round, replies)
         ledger = self._ledger
         fed = self.settings.federation
@@ -341,9 +315,9 @@ class FleetFedAvg(Strategy):
             logger.warning("round %d: device %d is late (%.1f s > deadline %s s)", server_round,
                            update.device_index, t.total_s, fed.deadline_s)
         failures = failed + len(ledger.failing)
-        self._log_faults(server_round, ledger, late)
+        self.faults.record_round(server_round, self.attempt, ledger, late)
         sim_round = round_duration([t.total_s for _, _, t in kept], fed.deadline_s, failures + len(late) + no_reply)
-        self.sim_time_s += sim_round
+        self.counters.sim_time_s += sim_round
         slowest = max((t for _, _, t in kept), key=lambda t: t.total_s, default=None)
         metrics = {
             "fleet/replies": len(kept),
@@ -355,7 +329,7 @@ class FleetFedAvg(Strategy):
             "fleet/late": len(late),
             "fleet/surplus": len(surplus),
             "clock/sim_round_s": sim_round,
-            "clock/sim_time_s": self.sim_time_s,
+            "clock/sim_time_s": self.counters.sim_time_s,
             # the reply that set the round's length: its compute and its transfers (cost.clock, cost.priced_as)
             "clock/round_compute_s": slowest.compute_s if slowest else 0.0,
             "clock/round_transfer_s": slowest.download_s + slowest.upload_s if slowest else 0.0,
@@ -368,94 +342,39 @@ class FleetFedAvg(Strategy):
         if len(kept) < max(1, fed.min_replies):
             logger.warning("round %d: %d usable replies, fewer than federation.min_replies=%d", server_round,
                            len(kept), fed.min_replies)
-            return None, MetricRecord(metrics)
+            if self.privacy.releases_without_replies():
+                # user-level DP: the mechanism still releases (0 + noise) / qN, as its analysis assumes
+                return to_array_record(apply_delta(self._global, self.round_delta(server_round, []))), metrics
+            return None, metrics
         updates = [u for u, _, _ in kept]
-        new_global = apply_delta(self._global, self.aggregate_updates(server_round, updates))
+        new_global = apply_delta(self._global, self.round_delta(server_round, updates))
         norms = [delta_norm(u.delta) for u in updates]
-        self.norm_history = (self.norm_history + [float(np.median(norms))])[-5:]
+        c = self.counters
+        c.norm_history = (c.norm_history + [float(np.median(norms))])[-5:]
         if ledger.norm_bound is not None:  # how far honest deltas stay below the default bound (docs/faults.md)
             metrics["validation/norm_bound"] = ledger.norm_bound
             metrics["validation/update_norm_max"] = max(norms)
         self.learn_from(server_round, updates)
-        self.model_version += 1
-        weights = np.array([u.num_examples for u in updates], dtype=float)
-        losses = all("train_loss" in u.metrics for u in updates)  # withheld under user-level DP (private)
-        if losses:
-            metrics["train/loss"] = float(np.average([u.metrics["train_loss"] for u in updates], weights=weights))
-        metrics.update({
-            "timing/client_compute_s": sum(u.metrics["compute_s"] for u in updates),
-            "memory/peak_rss_mb": max(u.metrics.get("peak_rss_mb", 0.0) for u in updates),
-            **self.class_metrics([(u, b) for u, b, _ in kept]),
-        })
-        for trainer in {self.trainer_for(self.devices[u.device_index]) for u in updates}:
-            mine = [u for u in updates if self.trainer_for(self.devices[u.device_index]) == trainer]
-            metrics[f"memory/peak_rss_mb.{trainer}"] = max(u.metrics.get("peak_rss_mb", 0.0) for u in mine)
-            if losses:
-                metrics[f"train/loss.{trainer}"] = float(np.mean([u.metrics["train_loss"] for u in mine]))
-        return to_array_record(new_global), MetricRecord(metrics)
+        c.model_version += 1
+        metrics.update(reply_metrics(updates, [(u, b) for u, b, _ in kept], self.devices, self.trainer_for))
+        return to_array_record(new_global), metrics
 
-    def _log_faults(self, server_round: int, ledger: RoundLedger, late: list) -> None:
-        rows = [(d, "failed", "mid_training", "failure_rate draw") for d in sorted(ledger.failing)]
-        rows += [(v.device_index, "failed", v.reason, v.detail) for v in ledger.checked.failed]
-        rows += [(v.device_index, "rejected", v.reason, v.detail) for v in ledger.checked.rejected]
-        rows += [(u.device_index, "late", "deadline", f"{t.total_s:.3g} s") for u, _, t in late]
-        self.fault_log += [{"round": server_round, "attempt": self.attempt, "device": d, "outcome": o, "reason": r,
-                            "detail": detail[:300]} for d, o, r, detail in rows]
-
-    def train_round(
-        self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord, timeout: float
-    ) -> tuple[ArrayRecord | None, dict[str, float]]:
-        """One round's training; a short round is retried with a fresh cohort (``federation.on_short_round``)
-        up to ``max_retries`` times, then skipped (the global adapter stays). Counts add up over attempts."""
-        fed = self.settings.federation
-        retries = fed.max_retries if fed.on_short_round == "retry" else 0
-        totals: dict[str, float] = {}
-        new_arrays, metrics = None, {}
-        for attempt in range(retries + 1):
-            self.attempt = attempt
-            replies = grid.send_and_receive(self.configure_train(server_round, arrays, config, grid), timeout=timeout)
-            new_arrays, train_metrics = self._aggregate_or_fail(server_round, replies)
-            metrics = dict(train_metrics or {})
-            for key, value in metrics.items():
-                if key.startswith(("fleet/", "comm/", "cost/", "clock/sim_round_s")) and key != "fleet/replies":
-                    totals[key] = totals.get(key, 0) + value
-            if new_arrays is not None:
-                break
-        self.attempt = 0
-        metrics.update(totals)
-        metrics["fleet/attempts"] = attempt + 1
-        metrics["fleet/skipped_round"] = int(new_arrays is None)
-        if new_arrays is None:
-            logger.warning("round %d skipped after %d attempt(s): the global adapter stays", server_round, attempt + 1)
-        return new_arrays, metrics
-
-    def _aggregate_or_fail(self, server_round: int, replies: Iterable[Message]
-                           ) -> tuple[ArrayRecord | None, MetricRecord | dict]:
-        """``aggregate_train``; an exception there fails this attempt (logged, counted, the global adapter
-        stays) instead of the run: whatever the replies held, the next round still runs."""
-        version, history = self.model_version, list(self.norm_history)
-        try:
-            return self.aggregate_train(server_round, replies)
-        except Exception as err:  # noqa: BLE001 - one bad round must not end a long run
-            logger.exception("round %d: aggregation failed; the round is logged failed and the run goes on",
-                             server_round)
-            self.model_version, self.norm_history = version, history
-            self.fault_log.append({"round": server_round, "attempt": self.attempt, "device": -1,
-                                   "outcome": "round_failed", "reason": type(err).__name__, "detail": str(err)[:300]})
-            return None, {"fleet/round_failed": 1}
+    def train_round(self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord | None,
+                    timeout: float) -> tuple[ArrayRecord | None, dict[str, float]]:
+        """One round's training with retries (strategies/round_loop.py)."""
+        return round_loop.train_round(self, grid, server_round, arrays, config or ConfigRecord(), timeout)
 
     # ------------------------------------------------------------- resume
     def get_state(self) -> dict:
-        """What the strategy must carry across a resume (checkpointed after every round). Subclasses add
-        their own keys (bandit statistics, privacy accountant) with ``{**super().get_state(), ...}``."""
-        return {"sim_time_s": self.sim_time_s, "model_version": self.model_version, "fault_log": list(self.fault_log),
-                "norm_history": list(self.norm_history)}
+        """What the strategy must carry across a resume (checkpointed after every round): the counters, the
+        fault log and the privacy layer's state. Subclasses add their own keys (bandit statistics) with
+        ``{**super().get_state(), ...}``."""
+        return {**self.counters.get_state(), **self.faults.get_state(), **self.privacy.get_state()}
 
     def set_state(self, state: dict) -> None:
-        self.sim_time_s = float(state.get("sim_time_s", 0.0))
-        self.model_version = int(state.get("model_version", 0))
-        self.fault_log = list(state.get("fault_log", []))
-        self.norm_history = [float(n) for n in state.get("norm_history", [])]
+        self.counters.set_state(state)
+        self.faults.set_state(state)
+        self.privacy.set_state(state)
 
     # ----------------------------------------------------------- evaluation
     def configure_evaluate(
@@ -475,27 +394,14 @@ class FleetFedAvg(Strategy):
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        rows = [m.content[METRICS] for m in replies if not m.has_error()]
-        tokens = np.array([r[NUM_EXAMPLES] for r in rows], dtype=float)
-        if not rows or tokens.sum() == 0:
-            return None
-        loss = float(np.average([r["eval_loss"] for r in rows], weights=tokens))
-        return MetricRecord({
-            "eval/fed_loss": loss,
-            "eval/fed_ppl": float(np.exp(min(loss, 50.0))),
-            "eval/fed_accuracy": float(np.average([r["eval_accuracy"] for r in rows], weights=tokens)),
-            "timing/client_eval_s": float(sum(r["compute_s"] for r in rows)),
-        })
+        return federated_eval_metrics(replies)
 
     def summary(self) -> None:
         logger.info("FleetFedAvg: %d devices, cohort %d, %d rounds", len(self.devices),
             self.settings.federation.cohort_size, self.settings.rounds)
+        self.privacy.summary()
 
     # ------------------------------------------------------------ round loop
-    def _notify(self, server_round: int, metrics: dict[str, float]) -> None:
-        for observer in self.observers:
-            observer.on_round(server_round, metrics)
-
     def start(
         self,
         grid: Grid,
@@ -507,53 +413,6 @@ class FleetFedAvg(Strategy):
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
         first_round: int = 1,
     ) -> Result:
-        """The round loop. ``first_round`` > 1 resumes: ``initial_arrays`` and ``set_state`` come from the
-        checkpoint of round ``first_round - 1`` (the initial evaluation is not repeated)."""
-        train_config = train_config or ConfigRecord()
-        evaluate_config = evaluate_config or ConfigRecord()
-        result = Result(arrays=initial_arrays)
-        self.discover(grid, timeout)
-        if evaluate_fn and first_round == 1:
-            initial = evaluate_fn(0, initial_arrays)
-            if initial is not None:
-                result.evaluate_metrics_serverapp[0] = initial
-                self._round_end(0, from_array_record(initial_arrays), dict(initial))
-        arrays = initial_arrays
-        for rnd in range(first_round, num_rounds + 1):
-            t0 = time.perf_counter()
-            new_arrays, metrics = self.train_round(grid, rnd, arrays, train_config, timeout)
-            t1 = time.perf_counter()
-            if new_arrays is not None:
-                arrays = result.arrays = new_arrays
-            result.train_metrics_clientapp[rnd] = MetricRecord(metrics)
-            eval_replies = grid.send_and_receive(
-                self.configure_evaluate(rnd, arrays, evaluate_config, grid), timeout=timeout
-            )
-            fed_eval = self.aggregate_evaluate(rnd, eval_replies)
-            t2 = time.perf_counter()
-            if fed_eval is not None:
-                result.evaluate_metrics_clientapp[rnd] = fed_eval
-                metrics.update(fed_eval)
-            if evaluate_fn:
-                central = evaluate_fn(rnd, arrays)
-                if central is not None:
-                    result.evaluate_metrics_serverapp[rnd] = central
-                    metrics.update(central)
-            t3 = time.perf_counter()
-            client_s = metrics.get("timing/client_compute_s", 0.0) + metrics.get("timing/client_eval_s", 0.0)
-            metrics.update({
-                "timing/round_wall_s": t3 - t0,
-                "timing/federated_wall_s": t2 - t0,
-                "timing/train_wall_s": t1 - t0,
-                "timing/central_eval_s": t3 - t2,
-                # share of the federated phases' wall time not spent computing on clients (all workers busy = 0)
-                "timing/overhead_share": max(0.0, 1.0 - client_s / (self.concurrency * max(t2 - t0, 1e-9))),
-            })
-            self._round_end(rnd, from_array_record(arrays), metrics)
-        return result
-
-    def _round_end(self, server_round: int, arrays: dict[str, np.ndarray], metrics: dict[str, float]) -> None:
-        """Hooks first (the checkpoint is on disk before MLflow shows the round), then observers."""
-        for hook in self.round_end_hooks:
-            hook(server_round, arrays, metrics)
-        self._notify(server_round, metrics)
+        """Flower's ``Strategy.start`` signature, run by strategies/round_loop.py (``first_round`` > 1 resumes)."""
+        return round_loop.run_rounds(self, grid, initial_arrays, num_rounds, timeout, train_config,
+                                     evaluate_config, evaluate_fn, first_round)

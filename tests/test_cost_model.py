@@ -6,6 +6,7 @@ import pytest
 
 from fleet.arch import ArchShape, Kept
 from fleet.cost_model import Job, Kernels, Quantized, adapter_bytes, backward_cost, forward_cost, job_cost
+from strategies.events import OnRound
 from runconfig.load import ConfigError, compose
 
 pytestmark = pytest.mark.cost
@@ -212,7 +213,7 @@ def test_two_runs_of_a_seed_give_the_same_simulated_clock(fast_overrides, tmp_pa
         prepared = prepare(s, show_progress=False)
         strategy = strategy_class(s.method.name)(s, prepared.devices, prepared.shape, concurrency=1)
         rounds = []
-        strategy.observers.append(type("H", (), {"on_round": lambda self, r, m: rounds.append(m)})())
+        strategy.observers.append(OnRound(lambda r, m: rounds.append(m)))
         peft = attach_lora(load_base_model(prepared.base_folder), s.method.lora, s.seed)
         strategy.start(InProcessGrid(to_plain(s), s.fleet.size), to_array_record(adapter_arrays(peft)), num_rounds=2)
         clocks.append([m["clock/sim_time_s"] for m in rounds])

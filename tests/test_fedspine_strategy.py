@@ -8,6 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli
+from strategies.events import OnRound
 from runconfig.load import ConfigError, compose
 from runconfig.plain import to_plain
 
@@ -35,7 +36,7 @@ def run_rounds(settings, prepared, strategy, rounds):
 
     peft = attach_lora(load_base_model(prepared.base_folder), settings.method.lora, settings.seed)
     history = []
-    strategy.observers.append(type("H", (), {"on_round": lambda self, r, m: history.append(dict(m))})())
+    strategy.observers.append(OnRound(lambda r, m: history.append(dict(m))))
     result = strategy.start(InProcessGrid(to_plain(settings), settings.fleet.size),
                             to_array_record(adapter_arrays(peft)), num_rounds=rounds)
     return result, history

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runconfig.load import compose, to_plain
+from runconfig.load import compose
+from runconfig.plain import to_plain
 
 pytestmark = pytest.mark.structure
 

@@ -8,6 +8,7 @@ import pytest
 
 from fleet.arch import ArchShape
 from fleet.devices import build_fleet
+from strategies.events import OnRound
 from privacy.mechanism import clip_update, dp_mean, l2_norm
 from privacy.noise import SeededNoise
 from protocol import messages
@@ -109,7 +110,7 @@ def release(mutate=None):
     ``mutate(update)`` changes one device's reply first."""
     from flwr.app import ConfigRecord, Message
 
-    from privacy.dp_fedavg import strategy_for
+    from server.strategy import build_strategy
     from simulations.inprocess import ensure_task_identity
 
     ensure_task_identity()
@@ -118,7 +119,7 @@ def release(mutate=None):
                                     "privacy.target_epsilon=null", "validation.norm_outlier_factor=null"])
     settings = dataclasses.replace(release.settings, output_dir=str(release.tmp))
     devices = build_fleet(settings.fleet, settings.seed)
-    dp = strategy_for(settings)(settings, devices, SHAPE, 1)
+    dp = build_strategy(settings, devices, SHAPE, 1)
     dp.node_of_device = {d.index: d.index + 1 for d in devices}
     glob = {k: np.zeros(s, np.float32) for k, s in TOY.items()}
     sent = list(dp.configure_train(1, to_array_record(glob), ConfigRecord(), None))
@@ -177,7 +178,7 @@ def test_combined_federation_runs_under_dp_with_finite_epsilon(fast_overrides, t
     """8 devices, in-process: pruned Jetsons (public masks the server recomputes) and ZeroQAT phones, DP on."""
     from models.base_checkpoint import load_base_model
     from models.lora import adapter_arrays, attach_lora
-    from privacy.dp_fedavg import strategy_for
+    from server.strategy import build_strategy
     from runconfig.plain import to_plain
     from server.preflight import prepare
     from simulations.inprocess import InProcessGrid
@@ -188,13 +189,13 @@ def test_combined_federation_runs_under_dp_with_finite_epsilon(fast_overrides, t
                         f"tracking.uri=sqlite:///{tmp_path}/m.db", *fast_overrides])
     settings = dataclasses.replace(settings, output_dir=str(tmp_path / "out"))
     prepared = prepare(settings, show_progress=False)
-    strategy = strategy_for(settings)(settings, prepared.devices, prepared.shape, concurrency=1)
+    strategy = build_strategy(settings, prepared.devices, prepared.shape, concurrency=1)
     history = []
-    strategy.observers.append(type("H", (), {"on_round": lambda self, r, m: history.append(dict(m))})())
+    strategy.observers.append(OnRound(lambda r, m: history.append(dict(m))))
     peft = attach_lora(load_base_model(prepared.base_folder), settings.method.lora, settings.seed)
     with InProcessGrid(to_plain(settings), settings.fleet.size) as grid:
         strategy.start(grid, to_array_record(adapter_arrays(peft)), num_rounds=2)
-    assert strategy.model_version >= 1  # at least one round aggregated updates
+    assert strategy.counters.model_version >= 1  # at least one round aggregated updates
     last = history[-1]
     assert math.isfinite(last["privacy/epsilon"]) and 0 < last["privacy/epsilon"] <= 8
     assert sum(h.get("fleet/rejected", 0) for h in history) == 0  # device masks == the server's public ones

@@ -10,7 +10,7 @@ from fleet.arch import ArchShape
 from models.architectures import build_config, build_model
 from models.evaluation import evaluate_lm
 from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
-from privacy.dp_fedavg import strategy_for
+from server.strategy import build_strategy
 from privacy.dylora import embed, evaluate_at_rank, truncate
 from protocol.messages import ARRAYS, CONFIG, Update, Work, from_array_record, to_array_record
 from runconfig.load import ConfigError, compose
@@ -89,7 +89,7 @@ def setup_strategy(overrides, output_dir="."):
     devices = build_fleet(settings.fleet, settings.seed)
     shape = ArchShape("toy", hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=2,
                   head_dim=16, vocab_size=64)
-    strategy = strategy_for(settings)(settings, devices, shape, 1)
+    strategy = build_strategy(settings, devices, shape, 1)
     strategy.node_of_device = {d.index: 100 + d.index for d in devices}
     return settings, strategy
 

@@ -7,7 +7,8 @@ import pytest
 
 from fleet.devices import build_fleet
 from fleet.arch import ArchShape
-from privacy.dp_fedavg import UserLevelDP, strategy_for, with_user_dp
+from privacy.dp_fedavg import UserLevelDP, with_user_dp
+from server.strategy import build_strategy
 from privacy.mechanism import clip_update, dp_mean, l2_norm, privatize_on_client
 from privacy.noise import SecureNoise, SeededNoise
 from privacy.sampling import fixed_cohort, poisson_cohort
@@ -114,18 +115,18 @@ def test_poisson_sampler_rate_and_fixed_sampler_size():
 def dp_and_plain(overrides):
     settings = compose(["+fleet=8dev_test", *overrides])
     devices = build_fleet(settings.fleet, settings.seed)
-    return settings, strategy_for(settings)(settings, devices, SHAPE, 1), FleetFedAvg(settings, devices, SHAPE, 1)
+    return settings, build_strategy(settings, devices, SHAPE, 1), FleetFedAvg(settings, devices, SHAPE, 1)
 
 
 def test_dp_fedavg_with_no_noise_and_large_c_is_fedavg_through_the_strategy():
     settings, dp, plain = dp_and_plain(["privacy=user_dp", "privacy.target_epsilon=inf", "privacy.clip_norm=1e9"])
-    assert isinstance(dp, UserLevelDP) and dp.privacy_plan.sigma == 0
+    assert isinstance(dp.privacy, UserLevelDP) and dp.privacy.plan.sigma == 0
     rng = np.random.default_rng(3)
     template = random_delta(rng)
     m = settings.federation.cohort_size  # the fixed denominator equals the number of updates here
     updates = [Update(device_index=i, server_round=1, delta=random_delta(rng), num_examples=10) for i in range(m)]
     dp._global = plain._global = template
-    ours, fedavg = dp.aggregate_updates(1, updates), plain.aggregate_updates(1, updates)
+    ours, fedavg = dp.round_delta(1, updates), plain.round_delta(1, updates)
     for k in template:
         np.testing.assert_allclose(ours[k], fedavg[k], rtol=1e-6, atol=0)
 
@@ -138,17 +139,18 @@ def test_dp_strategy_clips_noises_and_accounts():
     dp._global = template
     dp.node_of_device = {d.index: d.index + 100 for d in dp.devices}
     cohort, _ = dp.select(1, settings.federation.cohort_size, "train", 100)
-    assert dp.privacy_budget.rounds_spent == 1
+    assert dp.privacy.budget.rounds_spent == 1
     big = [Update(device_index=i, server_round=1, delta=random_delta(rng, scale=50.0), num_examples=1 + 1000 * i)
            for i in range(4)]
-    out = dp.aggregate_updates(1, big)
+    out = dp.round_delta(1, big)
     # one user moves the (pre-noise) mean by at most C / (q N) whatever its example count
     assert all(np.isfinite(v).all() for v in out.values())
-    metrics = dp.privacy_metrics()
+    metrics = dp.privacy.metrics()
     assert metrics["privacy/epsilon"] == pytest.approx(
-        dp.privacy_budget.accountant.get_epsilon(delta=dp.privacy_plan.delta))
+        dp.privacy.budget.accountant.get_epsilon(delta=dp.privacy.plan.delta))
     assert metrics["privacy/noise_multiplier"] == 1.0
-    assert with_user_dp(type(dp)) is type(dp)
+    layer = dp.privacy
+    assert with_user_dp(dp) is dp and dp.privacy is layer and dp.train_selection is layer.selection
 
 
 def test_dp_strategy_stops_when_the_budget_is_spent():
@@ -158,14 +160,14 @@ def test_dp_strategy_stops_when_the_budget_is_spent():
     spent = 0
     for rnd in range(1, 101):
         cohort, _ = dp.select(rnd, settings.federation.cohort_size, "train", 100)
-        if dp._dp_exhausted:
+        if dp.privacy.exhausted:
             assert cohort == []
             break
         spent += 1
     assert 0 < spent < 100
-    assert dp.privacy_budget.epsilon() <= 3.0
+    assert dp.privacy.budget.epsilon() <= 3.0
     state = dp.get_state()
     _, resumed, _ = dp_and_plain(["privacy=user_dp", "privacy.noise_multiplier=1.0", "privacy.target_epsilon=3",
                                   "rounds=100"])
     resumed.set_state(state)
-    assert resumed.privacy_budget.rounds_spent == spent and not resumed.privacy_budget.allows_another_round()
+    assert resumed.privacy.budget.rounds_spent == spent and not resumed.privacy.budget.allows_another_round()

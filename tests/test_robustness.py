@@ -213,14 +213,14 @@ def test_a_round_whose_aggregation_raises_is_failed_and_the_run_goes_on():
         return original(self, server_round, updates)
 
     strategy.aggregate_updates = aggregate_updates.__get__(strategy)
-    version = strategy.model_version
+    version = strategy.counters.model_version
     new, metrics = strategy.train_round(Grid(), ROUND, arrays, None, timeout=10)
     assert new is None and metrics["fleet/round_failed"] == 1 and metrics["fleet/skipped_round"] == 1
-    assert strategy.model_version == version
+    assert strategy.counters.model_version == version
     assert any(e["outcome"] == "round_failed" for e in strategy.fault_log)
     broken["on"] = False
     new, metrics = strategy.train_round(Grid(), ROUND + 1, arrays, None, timeout=10)
-    assert new is not None and metrics["fleet/replies"] >= 1 and strategy.model_version == version + 1
+    assert new is not None and metrics["fleet/replies"] >= 1 and strategy.counters.model_version == version + 1
 
 
 # ------------------------------------------------------------------ DP resume
@@ -231,8 +231,8 @@ def dp_rounds(strategy, first: int, last: int):
         cohort, _ = strategy.select(rnd, strategy.settings.federation.cohort_size, "train", 100)
         r = Round.open([d.index for d in cohort], strategy=strategy)
         updates = [r.honest_update(d.index, seed=rnd) for d in cohort]
-        outputs.append(([d.index for d in cohort], strategy.aggregate_updates(rnd, updates),
-                        strategy.privacy_metrics()["privacy/epsilon"]))
+        outputs.append(([d.index for d in cohort], strategy.round_delta(rnd, updates),
+                        strategy.privacy.metrics()["privacy/epsilon"]))
     return outputs
 
 
@@ -254,11 +254,11 @@ class Recording:
 def dp_strategy(sampling: str):
     from benchmarks.robustness_cases import TOY, global_adapter, settings_for
     from fleet.devices import build_fleet
-    from privacy.dp_fedavg import strategy_for
+    from server.strategy import build_strategy
 
     s = settings_for(("privacy=user_dp", f"privacy.sampling={sampling}", "privacy.noise_multiplier=1.0",
                       "privacy.target_epsilon=null", "federation.cohort_size=8", "rounds=6"))
-    strategy = strategy_for(s)(s, build_fleet(s.fleet, s.seed), TOY, 1)
+    strategy = build_strategy(s, build_fleet(s.fleet, s.seed), TOY, 1)
     strategy.known_examples = {d.index: WINDOWS for d in strategy.devices}
     strategy.node_of_device = {d.index: 1000 + d.index for d in strategy.devices}
     strategy._global = global_adapter()
@@ -271,17 +271,17 @@ def test_a_resumed_dp_run_is_the_same_run_and_never_reuses_noise(sampling, tmp_p
 
     whole_noise, resumed_noise = [], []
     whole = dp_strategy(sampling)
-    whole._dp_noise = Recording(whole._dp_noise, whole_noise)
+    whole.privacy._noise = Recording(whole.privacy._noise, whole_noise)
     uninterrupted = dp_rounds(whole, 1, 6)
 
     first = dp_strategy(sampling)
-    first._dp_noise = Recording(first._dp_noise, resumed_noise)
+    first.privacy._noise = Recording(first.privacy._noise, resumed_noise)
     before = dp_rounds(first, 1, 3)
     path = tmp_path / ckpt.FILENAME  # through the checkpoint file, as a killed run would
     ckpt.save(path, ckpt.Checkpoint(3, first._global, first.get_state(), {}, "run", {}))
     second = dp_strategy(sampling)  # a new process: generators rebuilt from the seed
     second.set_state(ckpt.load(path).strategy_state)
-    second._dp_noise = Recording(second._dp_noise, resumed_noise)
+    second.privacy._noise = Recording(second.privacy._noise, resumed_noise)
     after = dp_rounds(second, 4, 6)
 
     for (c1, out1, eps1), (c2, out2, eps2) in zip(uninterrupted, before + after):
@@ -294,7 +294,7 @@ def test_a_resumed_dp_run_is_the_same_run_and_never_reuses_noise(sampling, tmp_p
             n = min(flat[i].size, flat[j].size)
             assert not np.allclose(flat[i][:n], flat[j][:n])
     second.settings = dataclasses.replace(second.settings, output_dir=str(tmp_path))
-    second._save_privacy_state()  # the artifact MLflow shows holds the accountant, not the noise stream
+    second.privacy.save_state()  # the artifact MLflow shows holds the accountant, not the noise stream
     assert "dp_rng" not in json.loads((tmp_path / "privacy_state.json").read_text())
 
 
