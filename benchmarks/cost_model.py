@@ -375,7 +375,7 @@ def sim_times(cache: str, workdir: Path, tag: str) -> list[float]:
     run_dir = workdir / tag
     run_dir.mkdir()
     os.chdir(run_dir)  # the run's checkpoint and summary go to its output_dir, "."
-    settings = compose(["+fleet=80dev", "cost=smollm2-135m", "rounds=2", "client.local_steps=2",
+    settings = compose(["+fleet=80dev", "model=tiny-llama", "cost=smollm2-135m", "rounds=2", "client.local_steps=2",
                         "federation.eval_cohort_size=0", "model.pretrain.steps=20",
                         "model.pretrain.warmup_steps=2", "data.central_eval_windows=16",
                         f"tracking.uri=sqlite:///{run_dir / 'm.db'}", "tracking.log_adapter=false",

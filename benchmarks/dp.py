@@ -29,7 +29,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 
 def overrides(args, method: str, eps: float, seed: int) -> list[str]:
     common = [
-        "+fleet=80dev", f"fleet.size={args.population}", "data.min_lines=1", "data.roles_per_device=1",
+        "+fleet=80dev", "model=tiny-llama", f"fleet.size={args.population}", "data.min_lines=1", "data.roles_per_device=1",
         f"data.public_texts=[{args.public_texts}]", f"method={method}",
         f"rounds={args.rounds}", f"seed={seed}", f"federation.cohort_size={args.cohort}",
         "federation.eval_cohort_size=0", f"client.local_steps={args.local_steps}", f"client.lr={args.lr}",

@@ -41,7 +41,8 @@ METHODS = ["fedavg_lora", "hetlora", "fedspine_fixed", "fedspine_random", "fedsp
 def overrides(method: str, seed: int, rounds: int, cache: str, uri: str, extra: tuple[str, ...] = (),
               cost: str = "smollm2-135m") -> list[str]:
     common = [
-        "+fleet=80dev", f"method={method}", f"seed={seed}", f"rounds={rounds}", f"cache_dir={cache}", f"cost={cost}",
+        "+fleet=80dev", "model=tiny-llama",  # the proxy this benchmark pretrains (model.pretrain.* below)
+        f"method={method}", f"seed={seed}", f"rounds={rounds}", f"cache_dir={cache}", f"cost={cost}",
         f"tracking.uri={uri}", "tracking.log_adapter=false", "tracking.experiment=fedspine-bench",
         "tracking.generations=0", f"output_dir=fedspine-{cost}-seed{seed}-{method}",  # relative to the work dir
         "federation.cohort_size=40", "federation.eval_cohort_size=0",

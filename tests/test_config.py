@@ -58,3 +58,13 @@ def test_flatten_for_mlflow_params():
     flat = flatten(to_plain(compose(["+fleet=80dev"])))
     assert flat["fleet.classes.jetson_tx2.peak_gflops"] == "1330.0"
     assert flat["method.lora.rank"] == "8"
+
+
+def test_the_fedspine_benchmarks_settings_compose_whatever_the_default_model(tmp_path):
+    """benchmarks.fedspine pretrains the proxy (model.pretrain.*): it names it, so a change of the default model
+    (SmolLM2-135M has no pretrain section) does not break the benchmark at its first run."""
+    from benchmarks.fedspine import METHODS, overrides
+
+    for method in METHODS:
+        settings = compose(overrides(method, 0, 1, str(tmp_path), f"sqlite:///{tmp_path}/m.db"))
+        assert settings.model.name == "tiny-llama" and settings.method.name == method
