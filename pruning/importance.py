@@ -161,14 +161,32 @@ _PUBLIC: dict[tuple, tuple] = {}
 
 
 def public_scores(folder, corpus, seq_len: int, dims: Dims) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """:func:`activation_scores` of the dense base in ``folder`` (fp32, CPU: the same numbers on the device and
-    on the server) on the public split's calibration windows; computed once per process."""
-    key = (str(folder), seq_len, len(corpus.public_ids))
-    if key not in _PUBLIC:
-        from models.base_checkpoint import load_base_model
+    """:func:`activation_scores` of the dense base in ``folder`` on the public split's calibration windows.
 
-        inputs = public_calibration(corpus.public_ids, seq_len, corpus.tokenizer.pad_token_id)
-        _PUBLIC[key] = activation_scores(load_base_model(folder), inputs, dims)
+    A public artifact of the base, like the checkpoint itself: computed once (fp32, CPU) and stored next to it
+    (``public_scores_<seq_len>_<windows>.npz``), so devices and the server read the very same numbers. Computed
+    separately in each process, float noise from different thread counts flipped near-tied channels and the
+    server rejected honest masks (measured on SmolLM2-135M in the combined federation)."""
+    from pathlib import Path
+
+    from filelock import FileLock
+
+    folder = Path(folder)
+    n = len(corpus.public_ids)
+    key = (str(folder), seq_len, n)
+    if key not in _PUBLIC:
+        path = folder / f"public_scores_{seq_len}_{PUBLIC_WINDOWS}_{n}.npz"
+        with FileLock(str(path) + ".lock"):
+            if not path.exists():
+                from models.base_checkpoint import load_base_model
+
+                inputs = public_calibration(corpus.public_ids, seq_len, corpus.tokenizer.pad_token_id)
+                heads, channels = activation_scores(load_base_model(folder), inputs, dims)
+                tmp = path.with_name(path.stem + ".tmp.npz")
+                np.savez(tmp, heads=np.stack(heads), channels=np.stack(channels))
+                tmp.rename(path)  # atomic: a reader never sees half a file
+            with np.load(path) as f:
+                _PUBLIC[key] = (list(f["heads"]), list(f["channels"]))
     return _PUBLIC[key]
 
 

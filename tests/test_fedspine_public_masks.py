@@ -122,3 +122,30 @@ def test_a_pruning_device_is_judged_on_the_model_it_trained(round_of_two, losses
     assert reasons.get(0) == verdict
     assert 1 not in reasons
     assert np.isfinite(start)
+
+
+def test_device_and_server_read_the_same_public_scores(tmp_path):
+    """Computed per process, float noise flipped near-tied channels and the server rejected honest masks: the
+    scores are stored once next to the base and every process reads that file."""
+    from types import SimpleNamespace
+
+    from pruning import importance
+
+    tiny_llama().save_pretrained(str(tmp_path))
+    corpus = SimpleNamespace(public_ids=torch.randint(3, 64, (16 * 40,), generator=torch.Generator().manual_seed(1)),
+                             tokenizer=SimpleNamespace(pad_token_id=0))
+    dims = Dims.of(tiny_llama().config)
+    first = importance.public_scores(tmp_path, corpus, 16, dims)
+    stored = list(tmp_path.glob("public_scores_*.npz"))
+    assert len(stored) == 1
+    importance._PUBLIC.clear()  # another process: nothing cached in memory
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        again = importance.public_scores(tmp_path, corpus, 16, dims)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(first[0] + first[1], again[0] + again[1]):
+        assert np.array_equal(a, b)
+    fresh = activation_scores(tiny_llama(), public_calibration(corpus.public_ids, 16, 0), dims)
+    assert all(np.allclose(a, b, rtol=1e-5) for a, b in zip(first[1], fresh[1]))
