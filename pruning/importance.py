@@ -112,8 +112,8 @@ def activation_scores(dense_model, inputs: torch.Tensor, dims: Dims, batch_size:
     change when that structure alone is removed (the structured form of Wanda, Sun et al. 2023).
 
     On public ``inputs`` (the public split) and the public dense base, the scores -- and masks chosen by them --
-    depend on no device's data, and the server recomputes them exactly (:func:`public_structure`). Rounded to
-    6 significant digits so float noise (thread counts) cannot flip a mask between device and server."""
+    depend on no device's data, and the server recomputes them exactly (:func:`public_structure`) from the same
+    stored scores (:func:`public_scores`). Rounded to 6 significant digits."""
     layers = decoder_layers(dense_model)
     d = dims.head_dim
     heads = [np.zeros(dims.num_heads) for _ in layers]
