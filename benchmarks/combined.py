@@ -30,14 +30,28 @@ def pretrained_here(model: str) -> bool:
     return "pretrain" in (yaml.safe_load(conf.read_text()) or {})
 
 
+# The proxy's schedule (docs/benchmarks/combined.md was measured with it). Any other model runs its own per-model
+# settings (conf/per_model/; SmolLM2-135M: conf/per_model/fedspine/, chosen from docs/benchmarks/pruning_damage.md)
+# unless --local-steps / --prune-every / --sparsity-step are given.
+PROXY_SCHEDULE = {"local_steps": 4, "prune_every": 1, "sparsity_step": 0.15}
+
+
+def schedule(args) -> list[str]:
+    given = {k: getattr(args, k) for k in PROXY_SCHEDULE}
+    if args.model == "tiny-llama":
+        given = {k: PROXY_SCHEDULE[k] if v is None else v for k, v in given.items()}
+    keys = {"local_steps": "client.local_steps", "prune_every": "method.fedspine.prune_every",
+            "sparsity_step": "method.fedspine.sparsity_step"}
+    return [f"{keys[k]}={v}" for k, v in given.items() if v is not None]
+
+
 def overrides(args, eps: float) -> list[str]:
     pretrain = [f"model.pretrain.steps={args.pretrain_steps}",
                 f"model.pretrain.warmup_steps={max(1, args.pretrain_steps // 10)}"] if pretrained_here(args.model) else []
     return [
         "+fleet=80dev", f"model={args.model}", "method=combined", f"rounds={args.rounds}", f"seed={args.seed}",
         f"federation.cohort_size={args.cohort}", "federation.eval_cohort_size=0",
-        f"client.local_steps={args.local_steps}", f"method.fedspine.prune_every={args.prune_every}",
-        f"method.fedspine.sparsity_step={args.sparsity_step}", f"privacy.target_epsilon={eps}",
+        *schedule(args), f"privacy.target_epsilon={eps}",
         f"privacy.clip_norm={args.clip}", f"data.central_eval_windows={args.eval_windows}",
         "simulation=fast", f"cache_dir={args.cache_dir}", f"tracking.uri=sqlite:///{args.workdir}/mlflow.db",
         "tracking.experiment=benchmark-combined", "tracking.log_adapter=false", "checkpoint.enabled=false",
@@ -83,6 +97,11 @@ def collect(settings, wall_s: float) -> dict:
         "sim_time_by_round": history("clock/sim_time_s"),
         "sim_time_s": summary["sim_time_s"],
         "wall_s": wall_s,
+        "local_steps": settings.client.local_steps,
+        "fedspine": {k: getattr(settings.method.fedspine, k) for k in
+                     ("max_ratio", "target_sparsity", "prune_every", "sparsity_step", "masks")},
+        "rejected_by_reason": {k.rsplit("/", 1)[1]: int(sum(history(k).values())) for k in m
+                               if k.startswith("fleet/rejected/")},
         "model": settings.model.name,
         "priced_as": summary["priced_as"],
     }
@@ -105,8 +124,11 @@ def render(args, rows: list[dict]) -> str:
         f"Trained model: **{rows[0]['model']}** ("
         + (f"the proxy; pretrained {args.pretrain_steps} steps on the public split" if pretrained_here(args.model)
            else "pretrained, loaded as shipped") + f"). Priced model (simulated clock and bytes): **{rows[0]['priced_as']}**. Fleet 80dev (N = 80), "
-        f"Poisson cohorts of expected size {args.cohort}, {args.rounds} rounds, {args.local_steps} local steps, "
-        f"clip C = {args.clip}, delta = 1/N^1.1, seed {args.seed}. Jetsons run FedSpine (bandit arms, public masks),",
+        f"Poisson cohorts of expected size {args.cohort}, {args.rounds} rounds, "
+        f"{rows[0].get('local_steps') or args.local_steps or PROXY_SCHEDULE['local_steps']} local steps, "
+        f"clip C = {args.clip}, delta = 1/N^1.1, seed {args.seed}. Jetsons run FedSpine (bandit arms, public masks"
+        + (", " + ", ".join(f"{k} {v}" for k, v in rows[0]["fedspine"].items() if k != "masks") + ")"
+           if "fedspine" in rows[0] else ")") + ",",
         "phones run ZeroQAT on packed W4A8 bases; every update is clipped in the global adapter's full coordinates "
         "and noise goes on every coordinate (docs/privacy.md). epsilon = inf: sigma = 0, same pipeline.", "",
         "| epsilon target | epsilon spent | sigma | ppl final | acc final | fleet sparsity | sim time to target s |"
@@ -142,36 +164,49 @@ def render(args, rows: list[dict]) -> str:
               "digits.", ""]
     aggregated = [r.get("updates_aggregated") for r in rows]
     lines += [f"Global adapters made from at least one update, per epsilon: {aggregated}. A reply whose "
-              "training loss rose by more than validation.max_loss_rise is rejected as diverged (docs/faults.md); "
+              "training loss rose by more than validation.max_loss_rise is rejected as diverged (docs/faults.md; "
+              "a pruning Jetson is judged from its loss right after its last pruning step, docs/fedspine.md); "
               "the run log names each one.", ""]
+    if any("rejected_by_reason" in r for r in rows):
+        lines += ["Rejected replies by reason, per epsilon: "
+                  + "; ".join(f"{r['epsilon_target']}: {r.get('rejected_by_reason') or 'none'}" for r in rows), ""]
     return "\n".join(lines)
 
 
-def results_section(path: Path = DOCS / "combined.json") -> str:
-    """docs/results.md's rows for the combined federation (simulations/results_report.py appends them)."""
-    if not path.exists():
+def results_section(paths: tuple[Path, ...] = (DOCS / "combined_smollm2-135m.json", DOCS / "combined.json")) -> str:
+    """docs/results.md's rows for the combined federation, real model first, then the proxy
+    (simulations/results_report.py appends them)."""
+    tables = [_results_table(p) for p in paths if p.exists()]
+    if not tables:
         return ""
+    return "\n".join(["## The combined federation (FedSpine Jetsons + ZeroQAT phones, user-level DP)", "", *tables])
+
+
+def _results_table(path: Path) -> str:
     data = json.loads(path.read_text())
     rows = data["rows"]
     inf = next(r for r in rows if math.isinf(float(r["epsilon_target"])))
     target = inf["ppl_base"] - 0.5 * (inf["ppl_base"] - inf["ppl_final"])
     a = data["args"]
+    trained = f"pretrained {a['pretrain_steps']} steps" if pretrained_here(a["model"]) else "pretrained, as shipped"
     lines = [
-        "## The combined federation (FedSpine Jetsons + ZeroQAT phones, user-level DP)", "",
-        f"From `python -m benchmarks.combined` ([docs/benchmarks/combined.md](benchmarks/combined.md)); not the same "
-        f"setup as the table above: trained model {rows[0]['model']} (pretrained {a['pretrain_steps']} steps), priced "
-        f"as {rows[0]['priced_as']}, fleet 80dev, expected cohort {a['cohort']}, {a['rounds']} rounds, seed "
-        f"{a['seed']}. Time to target: simulated seconds (analytic clock) until ppl {target:.2f}.", "",
-        "| method | epsilon | final perplexity | final accuracy | fleet sparsity | time to target (sim s) | MB up |",
-        "|---|---|---|---|---|---|---|",
+        f"From `python -m benchmarks.combined --model {a['model']}` ([docs/benchmarks/{path.stem}.md]"
+        f"(benchmarks/{path.stem}.md)); not the same setup as the table above: trained model {rows[0]['model']} "
+        f"({trained}), priced as {rows[0]['priced_as']}, fleet 80dev, expected cohort {a['cohort']}, {a['rounds']} "
+        f"rounds, seed {a['seed']}; base perplexity {inf['ppl_base']:.2f}, accuracy {inf['acc_base']:.4f}. Time to "
+        f"target: simulated seconds (analytic clock of the day) until ppl {target:.2f} (half the epsilon = inf "
+        "run's improvement).", "",
+        "| method | model | epsilon | final perplexity | final accuracy | fleet sparsity | time to target (sim s) "
+        "| MB up |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         r = {**r, "ppl_by_round": {int(k): v for k, v in r["ppl_by_round"].items()},
              "sim_time_by_round": {int(k): v for k, v in r["sim_time_by_round"].items()}}
         ttt = time_to_target(r, target)
         eps = "∞ (sigma 0)" if math.isinf(float(r["epsilon_target"])) else f"{r['epsilon']:.2f}"
-        lines.append(f"| combined | {eps} | {r['ppl_final']:.2f} | {r['acc_final']:.4f} | {r['fleet_sparsity']:.3f} | "
-                     f"{'not reached' if ttt is None else f'{ttt:.1f}'} | "
+        lines.append(f"| combined | {r['model']} | {eps} | {r['ppl_final']:.2f} | {r['acc_final']:.4f} | "
+                     f"{r['fleet_sparsity']:.3f} | {'not reached' if ttt is None else f'{ttt:.1f}'} | "
                      f"{sum(r['bytes_up_by_class'].values()) / 1e6:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -181,9 +216,9 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="conf/model/ name, e.g. tiny-llama (always explicit)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cohort", type=int, default=4)
-    parser.add_argument("--local-steps", type=int, default=4)
-    parser.add_argument("--prune-every", type=int, default=1)
-    parser.add_argument("--sparsity-step", type=float, default=0.15)
+    parser.add_argument("--local-steps", type=int, default=None, help="default: the proxy's 4, else per-model")
+    parser.add_argument("--prune-every", type=int, default=None, help="default: the proxy's 1, else per-model")
+    parser.add_argument("--sparsity-step", type=float, default=None, help="default: the proxy's 0.15, else per-model")
     parser.add_argument("--clip", type=float, default=0.5)
     parser.add_argument("--eval-windows", type=int, default=24)
     parser.add_argument("--pretrain-steps", type=int, default=60)

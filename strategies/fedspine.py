@@ -11,7 +11,7 @@ holds: sliced to its structure and rank) and averaged per coordinate over their 
 ``method.fedspine.keep_forward_only`` (method=combined): devices whose class trainer is forward-only (ZeroQAT
 phones on packed bases) keep it: they train the dense global adapter at full rank and hold every coordinate.
 ``method.fedspine.masks`` (docs/privacy.md): ``local`` masks come from the device's own gradients (LoRAPrune);
-``public`` ones from the dense base's weights, which the server recomputes and checks (``auto``: public under DP).
+``public`` ones from the dense base's activations on the public split, which the server recomputes and checks (``auto``: public under DP).
 
 Reward of a device's arm after a round (each term relative to this round's cohort; docs/fedspine.md):
 
@@ -36,7 +36,7 @@ from fleet.devices import Device
 from models.base_checkpoint import base_dir
 from protocol.messages import ARRAYS, Update, Work, to_array_record, work_message_content
 from fleet.pricing import FORWARD_ONLY_TRAINERS
-from pruning.importance import public_structure, weight_scores
+from pruning.importance import public_scores, public_structure
 from pruning.schedule import step_levels
 from runconfig.combinations import masks_under
 from pruning.structure import Dims, Structure, lora_index, scatter_from, slice_to
@@ -96,11 +96,13 @@ class FedSpine(FleetFedAvg):
         return not (self.cfg.keep_forward_only and device.profile.trainer in FORWARD_ONLY_TRAINERS)
 
     def public_scores(self):
-        """Head/channel scores of the dense base (loaded once): the public masks' only input."""
+        """Head/channel scores of the dense base on the public split (computed once): the public masks' only
+        input, the same function the devices run (pruning.importance.public_scores)."""
         if self._public_scores is None:
-            from models.base_checkpoint import load_base_model
+            from models.base_checkpoint import load_corpus
 
-            self._public_scores = weight_scores(load_base_model(base_dir(self.settings)), self.dims)
+            self._public_scores = public_scores(base_dir(self.settings), load_corpus(self.settings),
+                                                self.settings.data.seq_len, self.dims)
         return self._public_scores
 
     # ------------------------------------------------------------------ device state

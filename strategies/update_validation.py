@@ -22,7 +22,9 @@ reason                rule
 ``metrics``           ``compute_s``, ``host_gflops`` or ``train_loss`` is missing, not finite, or negative; or
                       any reported time (``*_s``, e.g. ``stall_s``) is not finite or negative
 ``diverged``          the reply's own losses say its local training blew up (``loss_end`` more than
-                      ``validation.max_loss_rise`` nats above ``loss_start``, or not finite)
+                      ``validation.max_loss_rise`` nats above the loss the trained model started from, or
+                      not finite): ``loss_start``, or for a device that pruned this round (FedSpine)
+                      ``loss_pruned``, its loss right after its last pruning step
 ``norm``              the delta's L2 norm exceeds ``validation.max_update_norm`` (absolute, before the
                       outlier rule) or the default bound (after it; see :func:`default_norm_bound`)
 ``norm_outlier``      the norm exceeds ``norm_outlier_factor`` x the median norm of the other deltas
@@ -148,12 +150,27 @@ def _metrics_problem(metrics: Mapping[str, float]) -> tuple[str, str] | None:
 
 
 def _divergence_problem(metrics: Mapping[str, float], max_rise: float | None) -> tuple[str, str] | None:
-    """The device's own loss trajectory (``loss_start``/``loss_end``: means of its first and last steps)."""
+    """The device's own loss trajectory (``loss_start``/``loss_end``: means of its first and last steps).
+
+    A device that prunes during the round (FedSpine) trains a different, smaller model after each pruning step;
+    its training is judged from where the model it trained last started: ``loss_pruned``, the loss right after
+    its last pruning step. The jump that pruning itself causes is not training blowing up: it is the quality
+    the pruned arm costs (the bandit's loss term and the pruned model's perplexity price it). Trainers that do
+    not prune send no ``loss_pruned`` and keep the plain rule; ``loss_start`` and ``loss_pruned`` must both be
+    finite."""
     if max_rise is None or "loss_end" not in metrics:
         return None
     start, end = metrics.get("loss_start"), metrics["loss_end"]
     if not _finite_number(end) or not _finite_number(start):
         return "diverged", f"loss {start} -> {end}"
+    if "loss_pruned" in metrics:
+        pruned = metrics["loss_pruned"]
+        if not _finite_number(pruned):
+            return "diverged", f"loss after pruning {pruned}"
+        if end > pruned + max_rise:
+            return "diverged", (f"loss rose from {pruned:.4g} (after its last pruning step) to {end:.4g} "
+                                f"(> {max_rise:g} nats)")
+        return None
     if end > start + max_rise:
         return "diverged", f"loss rose from {start:.4g} to {end:.4g} (> {max_rise:g} nats)"
     return None

@@ -47,8 +47,18 @@ def test_prune_and_tune_rounds_in_process(fast_overrides, tmp_path):
     from strategies.fedspine import FedSpine
 
     settings, prepared, strategy = build("fedspine", fast_overrides, tmp_path)
+    replies, parse = [], strategy.parse_update
+    strategy.parse_update = lambda msg: replies.append(parse(msg)) or replies[-1]  # the metrics devices sent
     result, history = run_rounds(settings, prepared, strategy, rounds=2)
     assert all(h["fleet/failures"] == 0 and h["fleet/replies"] >= 1 for h in history)
+    # loss_pruned: the loss right after the last pruning step (iteration 3 of 4), neither the dense start nor the end
+    for u in replies:
+        m = u.metrics
+        if m["prune_steps"] == 0:
+            assert m["loss_pruned"] == m["loss_start"]
+        else:
+            assert np.isfinite(m["loss_pruned"]) and m["loss_pruned"] not in (m["loss_start"], m["loss_end"])
+    assert any(u.metrics["prune_steps"] > 0 for u in replies)
     # devices pruned toward their arms' ratios, one pruning step per round (iterations 2 of 4)
     assert strategy.structures and all(s.sparsity(strategy.dims, strategy.hidden) > 0
                                        for s in strategy.structures.values())

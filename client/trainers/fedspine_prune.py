@@ -22,17 +22,15 @@ import torch
 
 from client.trainers.base import DeviceTask, Trainer, TrainResult, batch_indices, loss_metrics, stacked_batch
 from client.trainers.lora_backprop import backprop_step
+from models.base_checkpoint import base_dir
 from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
 from protocol.work import Work
-from pruning.importance import ImportanceTracker, weight_scores
+from pruning.importance import ImportanceTracker, public_scores
 from pruning.prune import prune_model
 from pruning.schedule import step_levels
 from pruning.structure import Dims, Structure, full_shape, scatter_from, select, slice_to
 
 
-def _public_scores(runtime, dims: Dims):
-    """Data-free importance scores of the dense base (computed once per process)."""
-    return runtime.cached_model("public_scores", dims, lambda: weight_scores(runtime.dense_base(), dims))
 
 
 def ratio_of(structure: Structure, dims: Dims) -> float:
@@ -100,7 +98,7 @@ class FedSpinePruneTrainer(Trainer):
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=work.lr,
                                       weight_decay=0.0)
         tracker = ImportanceTracker(float(x["importance_ema"]))
-        losses, prune_steps = [], 0
+        losses, prune_steps, last_prune = [], 0, 0  # last_prune: iterations before the final structure's first
         start = time.perf_counter()
         batches = batch_indices(len(data.train_inputs), work.batch_size, work.local_steps, work.seed)
         model.train()
@@ -110,9 +108,9 @@ class FedSpinePruneTrainer(Trainer):
                                         before_step=lambda: tracker.update(model)).item())
             if step < len(batches) and levels[step] > level:  # the schedule prunes after this iteration
                 level = levels[step]
-                # masks=public (user-level DP): data-free scores of the dense base, so the uploaded masks are public
-                heads, channels = _public_scores(runtime, dims) if x.get("masks") == "public" \
-                    else tracker.full_scores(structure, dims)
+                # masks=public (user-level DP): scores of the dense base on the public split, so the masks are public
+                heads, channels = public_scores(base_dir(settings), runtime.corpus, settings.data.seq_len, dims) \
+                    if x.get("masks") == "public" else tracker.full_scores(structure, dims)
                 new = select(heads, channels, structure, dims, level, str(x["head_rule"]))
                 current, _ = scatter_from(adapter_arrays(model), structure, dims, rank, full_shapes)
                 tracker.heads = [h[new.heads[i]] for i, h in enumerate(heads)]  # keep the EMA, new coordinates
@@ -123,15 +121,21 @@ class FedSpinePruneTrainer(Trainer):
                 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=work.lr,
                                               weight_decay=0.0)
                 prune_steps += 1
+                last_prune = step
         compute_s = time.perf_counter() - start
         model.eval()
         adapter = adapter_arrays(model)
         reference = slice_to(received, structure, dims, rank)
+        trained = losses[last_prune:]  # the final structure's iterations: the model this device trained last
         return TrainResult(
             adapter=adapter,
             num_examples=len(data.train_inputs),
             metrics={
                 **loss_metrics(losses),
+                # its loss right after its last pruning step, before training on it: the start of the training
+                # whose divergence validation judges (pruning damage itself is measured as quality, not as
+                # divergence; strategies/update_validation.py, docs/fedspine.md)
+                "loss_pruned": float(np.mean(trained[:max(1, len(trained) // 4)])),
                 "compute_s": compute_s,
                 "rank": float(rank),
                 "ratio": float(level),
