@@ -196,7 +196,13 @@ def main(argv: list[str] | None = None) -> dict:
                         help="seeds run in parallel (the analytic clock does not depend on host load)")
     parser.add_argument("--set", nargs="*", default=[], dest="extra", help="extra Hydra overrides for every run")
     parser.add_argument("--cache-dir", default=os.environ.get("EDGEFLEET_CACHE", "/tmp/edgefleet-bench-cache"))
+    parser.add_argument("--docs-dir", default=None, help="write fedspine.{md,json} and plots here "
+                        "(default docs/benchmarks/)")
     args = parser.parse_args(argv)
+    if args.docs_dir:
+        import benchmarks.fedspine_report as report
+
+        report.DOCS = Path(args.docs_dir)
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 

@@ -157,7 +157,7 @@ class FedSpineConfig:
     importance_ema: float = 0.9  # EMA factor of the LoRAPrune importance over local iterations
     head_rule: HeadRule = HeadRule.within_groups  # GQA
     # auto: local without DP, public under privacy=user_dp | local: LoRAPrune importance from the device's own
-    # gradients | public: weight magnitudes of the dense base (data-free; the server recomputes them), docs/privacy.md
+    # gradients | public: output contribution of the dense base on the public split (stored next to the base, read by devices and server), docs/privacy.md
     masks: MaskSource = MaskSource.auto
     keep_forward_only: bool = False  # devices whose class trainer is forward-only (zeroqat) keep it (method=combined)
     reward: FedSpineRewardConfig = field(default_factory=FedSpineRewardConfig)
