@@ -28,6 +28,9 @@ with the simulated Pixel 8 time ZeroQAT spent.
 
     python -m benchmarks.zeroqat                    # real model, <= 60 min on 2 CPU cores
     python -m benchmarks.zeroqat --model tiny-llama # proxy, ~10 min
+
+Size (~540 lines): one benchmark's grid (two bit widths x five methods), its fresh-process memory probes and
+its table for two models, kept together.
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ d head dim, causal attention averages (s+1)/2 keys per query):
 
 Not counted: rebuilding a pruned model between pruning steps; the calibration benchmark
 (``python -m benchmarks.cost_model``) measures what the model leaves out.
+
+Size (~440 lines): time, traffic, bytes and memory are one model of one step; they share the operator and tensor
+counts, so they are kept together.
 """
 
 from __future__ import annotations
