@@ -55,7 +55,8 @@ def parent_run(client: MlflowClient, experiment: str) -> str:
 def run_job(job: Job, cfg: DictConfig, parent_id: str, out: Path) -> None:
     cmd = [
         sys.executable, "-m", "simulations.run", f"+fleet={cfg.fleet_name}", f"method={job.method}", f"seed={job.seed}",
-        f"rounds={cfg.rounds}", f"tracking.uri={cfg.tracking_uri}", f"tracking.experiment={cfg.experiment}",
+        *([f"rounds={cfg.rounds}"] if cfg.rounds is not None else []),
+        f"tracking.uri={cfg.tracking_uri}", f"tracking.experiment={cfg.experiment}",
         f"tracking.parent_run_id={parent_id}", f"tracking.run_name={job.name}", f"hydra.run.dir={out}",
         *cfg.overrides, *job.overrides,
     ]
