@@ -6,7 +6,9 @@ Poisson rate is q = cohort_size / N and the DP-FedAvg denominator is q N = cohor
 calibrated from ``privacy.target_epsilon`` for ``rounds`` rounds.
 
 :func:`check_privacy` checks the settings alone (no accountant, no torch); :func:`resolve_plan` then calibrates
-sigma with Opacus's accountant. Both run in runconfig.check.validate, before any work. Allowed values (mode,
+sigma with Opacus's accountant. The first runs in runconfig.check.validate (which imports no torch); the second
+when the run is set up (simulations.run's precheck, server.run.FederatedRun.setup, the DP strategy), before any
+data or model work. Allowed values (mode,
 accountant, sampling, noise placement, rng) are the schema's enums.
 """
 
@@ -101,9 +103,3 @@ def resolve_plan(s: Settings) -> PrivacyPlan:
                  f"unreachable: one round at sigma={sigma:g} already spends epsilon {first:.3g} > {p.target_epsilon:g}",
                  "a larger privacy.noise_multiplier (or null to calibrate it), or a larger target_epsilon")
     return PrivacyPlan(n, m, q, delta, sigma, float(p.clip_norm), p.target_epsilon, planned)
-
-
-def validate_privacy(s: Settings) -> None:
-    """The privacy section's part of runconfig.check.validate: settings first, then the accountant."""
-    if s.privacy.mode == PrivacyMode.user:
-        resolve_plan(s)  # a bad setting is refused (check_privacy) before Opacus and torch are imported

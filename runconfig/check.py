@@ -9,9 +9,10 @@
 2. each section's ranges and references (below);
 3. the privacy settings against the fleet (privacy/plan.check_privacy): population, delta, sigma, epsilon;
 4. the ``method x privacy x trainer x aggregation x simulation`` rules (runconfig/combinations.py);
-5. last, a user-level DP run's sigma is calibrated with Opacus's accountant (privacy/plan.resolve_plan; an
-   unreachable epsilon is refused): the only check that imports torch (through Opacus), and only for
-   ``privacy=user_dp`` settings that passed every other check.
+Validation imports no torch (tests/test_structure.py). Calibrating a user-level DP run's sigma needs Opacus's
+accountant (and so torch): that is the run's privacy plan, :func:`privacy.plan.resolve_plan`, built when the run
+is set up (the CLI's precheck and ``FederatedRun.setup``, before any data or model work), where an unreachable
+epsilon is refused in the same one-line form.
 
 What needs the built base model (does the work fit the fleet's memory: server/preflight.check_fits) is checked
 by ``server.preflight.prepare``, right after the checkpoint exists and before the first round.
@@ -26,7 +27,7 @@ import typing
 from enum import Enum
 from pathlib import Path
 
-from privacy.plan import check_privacy, validate_privacy
+from privacy.plan import check_privacy
 from runconfig.combinations import check_combinations
 from runconfig.choices import FEDSPINE_METHODS, Clock, PrivacyMode, TrainerName
 from runconfig.errors import ConfigError, refuse
@@ -129,11 +130,10 @@ def validate(s: Settings) -> None:
     _validate_cost(s)
     _validate_paths(s)
     # the privacy section needs the fleet and rounds checked first; its settings alone, then the cross-section
-    # rules, then (last, so only an otherwise valid run pays for it) the accountant's calibration of sigma
+    # rules (sigma's calibration is the run's privacy plan: module docstring)
     if s.privacy.mode == PrivacyMode.user:
         check_privacy(s)
     check_combinations(s)  # method x privacy x trainer x aggregation x simulation (runconfig/combinations.py)
-    validate_privacy(s)
 
 
 def _validate_simulation(s: Settings) -> None:

@@ -22,7 +22,9 @@ from flwr.serverapp.strategy import Result
 
 from models.base_checkpoint import load_base_model
 from models.lora import adapter_arrays, attach_lora, load_adapter_arrays
+from privacy.plan import resolve_plan
 from protocol.messages import from_array_record, to_array_record
+from runconfig.choices import PrivacyMode
 from runconfig.plain import to_plain
 from runconfig.schema import Settings
 from server import checkpoint as ckpt
@@ -90,6 +92,8 @@ class FederatedRun:
     def setup(self) -> FederatedRun:
         s = self.settings
         self._start = time.perf_counter()
+        if s.privacy.mode == PrivacyMode.user:
+            resolve_plan(s)  # sigma's calibration: an unreachable epsilon is refused before data and model work
         self.prepared = prepare(s, show_progress=self.show_progress)
         self.model = attach_lora(load_base_model(self.prepared.base_folder), s.method.lora, s.seed)
         self.initial: ArrayRecord = to_array_record(adapter_arrays(self.model))

@@ -16,6 +16,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from privacy.plan import resolve_plan
+from runconfig.choices import PrivacyMode
 from runconfig.errors import ConfigError
 from runconfig.load import available, compose, fix_for_key, to_settings
 from runconfig.plain import to_plain
@@ -87,6 +89,8 @@ def precheck(argv: list[str]) -> None:
     try:
         settings = compose([a for a in overrides if not a.startswith(("hydra.", "hydra/"))])
         check_resume(settings)
+        if settings.privacy.mode == PrivacyMode.user:
+            resolve_plan(settings)  # sigma's calibration (Opacus): an unreachable epsilon is refused here
     except REFUSED as err:
         fail(str(err))
     except (HydraException, OmegaConfBaseException) as err:

@@ -107,7 +107,9 @@ def test_every_combination_runs_or_is_refused_in_one_line(fast_overrides, tmp_pa
 
 
 @pytest.mark.parametrize("args", [["method=dp_dylora", "aggregation.rule=trimmed_mean"],
-                                  ["client.trainer=lora_dpsgd"]])
+                                  ["client.trainer=lora_dpsgd"],
+                                  # refused by the run's privacy plan (the accountant), not by validation
+                                  ["method=dp_dylora", "privacy.noise_multiplier=0.3", "privacy.target_epsilon=0.05"]])
 def test_refused_at_the_cli_with_exit_2_and_one_line(args, tmp_path):
     proc = run_cli(["-m", "simulations.run", *FLEET, *args, f"hydra.run.dir={tmp_path}"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]

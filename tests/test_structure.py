@@ -217,6 +217,7 @@ from runconfig.load import compose
 from simulations.run import precheck
 compose(["+fleet=80dev"])  # the defaults
 compose(["+fleet=8dev_test", "method=fedspine", "simulation=fast"])
+compose(["+fleet=80dev", "method=dp_dylora", "privacy.target_epsilon=2"])  # valid DP: sigma not calibrated here
 refused = []
 for overrides in (["aggregation.rule=median"], ["method=dp_dylora", "privacy.delta=0.5"],
                   ["method=dp_dylora", "aggregation.rule=krum"], ["client.trainer=fedspine_prune"]):
@@ -236,7 +237,7 @@ print(json.dumps({"refused": refused, "loaded": [m for m in ("torch", "transform
 def test_validating_a_config_imports_no_torch():
     """Composing and validating settings (and the CLI's check before launching) never imports torch,
     transformers, PEFT or Opacus: a fresh interpreter's sys.modules after good and refused configs, a refused DP
-    config included. (A valid privacy=user_dp config calibrates sigma with Opacus's accountant: runconfig/check.py.)"""
+    config included, and a valid DP one (sigma's calibration is the run's privacy plan, at setup: runconfig/check.py)."""
     proc = subprocess.run([sys.executable, "-c", NO_TORCH], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
