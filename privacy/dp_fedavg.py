@@ -29,12 +29,12 @@ from privacy.noise import noise_source
 from privacy.plan import resolve_plan
 from privacy.sampling import PoissonSelection
 from protocol.messages import Update, Work, withhold_private
+from runconfig.combinations import RECORD_TRAINER
 from strategies.fleet_fedavg import FleetFedAvg, seeded
 from strategies.privacy_layer import PrivacyLayer
 
 logger = logging.getLogger(__name__)
 
-RECORD_TRAINER = "lora_dpsgd"
 
 
 class UserLevelDP(PrivacyLayer):
@@ -66,7 +66,7 @@ class UserLevelDP(PrivacyLayer):
 
     # -------------------------------------------------------------------- work
     def trainer(self) -> str | None:
-        return RECORD_TRAINER if self.privacy.record.enabled else None
+        return RECORD_TRAINER.value if self.privacy.record.enabled else None
 
     def decorate(self, work: Work) -> Work:
         if self.privacy.noise_placement == "client":

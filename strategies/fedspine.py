@@ -40,6 +40,7 @@ from pruning.importance import public_scores, public_structure
 from pruning.schedule import step_levels
 from runconfig.combinations import masks_under
 from pruning.structure import Dims, Structure, lora_index, scatter_from, slice_to
+from runconfig.choices import FEDSPINE_METHODS, TrainerName
 from runconfig.errors import ConfigError
 from strategies.bandit import SmoothUCB
 from strategies.fleet_fedavg import FleetFedAvg, seeded
@@ -47,8 +48,7 @@ from strategies.hetero_aggregation import SubUpdate, aggregate_hetero, coverage
 
 logger = logging.getLogger(__name__)
 
-FEDSPINE_METHODS = ("fedspine", "fedspine_random", "fedspine_fixed", "hetlora", "combined")
-TRAINER = "fedspine_prune"
+TRAINER = TrainerName.fedspine_prune.value  # a plain str: it travels in messages
 
 
 def cohort_rewards(rows: list[dict], weights) -> list[float]:

@@ -18,11 +18,9 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from protocol.messages import ARRAYS, to_array_record
+from runconfig.choices import AggregationRule
 from runconfig.schema import AggregationConfig
 from strategies.aggregation import weighted_mean
-
-RULES = ("mean", "krum", "multikrum", "trimmed_mean")
-
 
 def krum_select(deltas: list[dict[str, np.ndarray]], num_malicious: int, num_to_select: int) -> list[int]:
     """Indices of the deltas (Multi-)Krum keeps, best first."""
@@ -36,14 +34,21 @@ def trimmed_mean(deltas: list[dict[str, np.ndarray]], trim_fraction: float) -> d
             for k in deltas[0]}
 
 
+def _krum(cfg: AggregationConfig, deltas, weights, select: int) -> dict[str, np.ndarray]:
+    keep = krum_select(deltas, cfg.num_malicious, select)
+    return weighted_mean([deltas[i] for i in keep], [weights[i] for i in keep])
+
+
+# One entry per runconfig.choices.AggregationRule (tests/test_structure.py checks they agree).
+RULES = {
+    AggregationRule.mean: lambda cfg, deltas, weights: weighted_mean(deltas, weights),
+    AggregationRule.krum: lambda cfg, deltas, weights: _krum(cfg, deltas, weights, 1),
+    AggregationRule.multikrum: lambda cfg, deltas, weights: _krum(cfg, deltas, weights,
+                                                                  min(cfg.num_to_select, len(deltas))),
+    AggregationRule.trimmed_mean: lambda cfg, deltas, weights: trimmed_mean(deltas, cfg.trim_fraction),
+}
+
+
 def aggregate(cfg: AggregationConfig, deltas: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
-    """The global delta under ``cfg.rule``."""
-    if cfg.rule == "mean":
-        return weighted_mean(deltas, weights)
-    if cfg.rule in ("krum", "multikrum"):
-        select = 1 if cfg.rule == "krum" else min(cfg.num_to_select, len(deltas))
-        keep = krum_select(deltas, cfg.num_malicious, select)
-        return weighted_mean([deltas[i] for i in keep], [weights[i] for i in keep])
-    if cfg.rule == "trimmed_mean":
-        return trimmed_mean(deltas, cfg.trim_fraction)
-    raise ValueError(f"aggregation.rule: unknown '{cfg.rule}'; known: {', '.join(RULES)}")
+    """The global delta under ``cfg.rule`` (a validated AggregationRule)."""
+    return RULES[AggregationRule(cfg.rule)](cfg, deltas, weights)
