@@ -24,17 +24,8 @@ from client.device_detect import no_autocast
 from client.device_data import DeviceData
 from client.trainers.base import TrainResult, loss_metrics
 from models.lora import adapter_arrays
+from models.loss import train_loss
 from protocol.work import Work
-
-
-def per_sample_token_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Each window's mean next-token loss (one value per record), for per-record clipping."""
-    logits, target = logits[:, :-1].float(), labels[:, 1:]
-    losses = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="none"
-    ).view(target.shape)
-    mask = (target != -100).float()
-    return (losses * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 class LoraDpSgdTrainer:
@@ -67,7 +58,7 @@ class LoraDpSgdTrainer:
                         break
                     x, y = x.to(device), y.to(device)  # an empty Poisson batch is made on the CPU
                     dp_optimizer.zero_grad(set_to_none=True)
-                    loss = per_sample_token_mean_loss(dp_model(input_ids=x).logits, y).mean()
+                    loss = train_loss(dp_model(input_ids=x).logits, y, groups=max(len(x), 1)).mean()  # per record
                     loss.backward()
                     with no_autocast(device.type):  # clipping's einsum would run in bf16/fp16 under autocast
                         dp_optimizer.step()
