@@ -8,7 +8,7 @@ Real model (issue 24 item 4), fixed before any run of this section:
   * Quality at W4A8 and W4A4, group 64, held-out perplexity on 64 windows of 64 tokens of the global test plays:
     float; round-to-nearest (RTN); the best post-training quantization (smoothing 0.5 + calibrated clipping =
     ZeroQAT's quantized start, LoRA B = 0); backprop QAT (the fleet's LoRA r8 on the packed base, AdamW at
-    ``client.lr``, straight-through estimator for activation rounding) for ``BACKPROP_STEPS`` steps; ZeroQAT
+    ``client.lr``, straight-through estimator for activation rounding) for the scale's backprop steps; ZeroQAT
     (SPSA on the same LoRA, the per-model defaults chosen by benchmarks/zeroqat_sweep.py) for the same compute,
     counting a backprop step as 3 forward passes (1.5 SPSA steps of 2 forwards each), and for 10x that compute
     (what a federation of phones adds up to). Every trainer sees the same batches of 8 x 64 training tokens.
@@ -28,6 +28,7 @@ with the simulated Pixel 8 time ZeroQAT spent.
 
     python -m benchmarks.zeroqat                    # real model, <= 60 min on 2 CPU cores
     python -m benchmarks.zeroqat --model tiny-llama # proxy, ~10 min
+    python -m benchmarks.zeroqat --scale full       # real model, the larger setting (SCALES), on a GPU machine
 
 Size (~540 lines): one benchmark's grid (two bit widths x five methods), its fresh-process memory probes and
 its table for two models, kept together.
@@ -59,8 +60,22 @@ ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 QUALITY_STEPS, QUALITY_EVAL_EVERY = 400, 200
 QUALITY_QUANTS = ("W4A8", "W4A4")  # the fleet default first (the keys without a suffix), then the paper's W4A4
 PROXY = "tiny-llama"
-# The real-model section's scale (stated at the top of its table).
-REAL_BATCH, REAL_EVAL_WINDOWS, BACKPROP_STEPS, FORWARDS_PER_BACKPROP, ZO_MULTIPLES = 8, 64, 20, 3, (1, 10)
+# The real-model section's scale (stated at the top of its table): `--scale ci` (the default, <= 60 min on 2 CPU
+# cores) or `--scale full` (a GPU machine: longer runs, more held-out text). Memory is measured at REAL_BATCH x 64
+# tokens in both.
+FORWARDS_PER_BACKPROP = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    batch: int
+    eval_windows: int
+    backprop_steps: int
+    zo_multiples: tuple[int, ...]
+
+
+SCALES = {"ci": Scale(8, 64, 20, (1, 10)), "full": Scale(16, 512, 200, (1, 10))}
+REAL_BATCH = SCALES["ci"].batch
 
 
 def _status_kb(field: str) -> int:
@@ -292,8 +307,9 @@ def real_quality(s, quant: str, data: dict, log: dict) -> dict:
     out = {}
     t0 = time.perf_counter()
     rtn = dataclasses.replace(z, smoothing_alpha=0.0, clipping=False, trainable="qparams")
-    out["ppl_rtn"] = ppl(build_quantized(load_base_model(folder), rtn, None))
-    model = build_quantized(load_base_model(folder), z, data["calib"], s.method.lora, s.seed, s.method.lora.rank)
+    dev = data["device"]
+    out["ppl_rtn"] = ppl(build_quantized(load_base_model(folder).to(dev), rtn, None))
+    model = build_quantized(load_base_model(folder).to(dev), z, data["calib"], s.method.lora, s.seed, s.method.lora.rank)
     for layer in model.modules():  # frozen base: keep each dequantized weight (the same forward; client/multi_adapter.py)
         if isinstance(layer, PackedLinear):
             layer.hold_dequantized()
@@ -310,14 +326,14 @@ def real_quality(s, quant: str, data: dict, log: dict) -> dict:
     optimizer = torch.optim.AdamW(params, lr=s.client.lr, weight_decay=0.0)
     model.train()
     t0 = time.perf_counter()
-    for step in range(BACKPROP_STEPS):
+    for step in range(data["scale"].backprop_steps):
         backprop_step(model, optimizer, tx[idx[step]], ty[idx[step]])
     out["backprop_s"] = round(time.perf_counter() - t0, 1)
     model.eval()
     for p in params:
         p.requires_grad_(False)
     out["ppl_backprop"] = ppl(model)
-    log(f"{quant}: backprop QAT {BACKPROP_STEPS} steps {out['ppl_backprop']} ({out['backprop_s']} s)")
+    log(f"{quant}: backprop QAT {data['scale'].backprop_steps} steps {out['ppl_backprop']} ({out['backprop_s']} s)")
 
     # ZeroQAT from the same start: one run, evaluated at 1x and 10x the backprop compute.
     with torch.no_grad():
@@ -325,7 +341,7 @@ def real_quality(s, quant: str, data: dict, log: dict) -> dict:
             t.copy_(start[k])
     tensors = list(named.values())
     q = z.perturbations
-    marks = [BACKPROP_STEPS * FORWARDS_PER_BACKPROP * m // (2 * q) for m in ZO_MULTIPLES]
+    marks = [data["scale"].backprop_steps * FORWARDS_PER_BACKPROP * m // (2 * q) for m in data["scale"].zo_multiples]
     done, compute_s, curve = 0, 0.0, []
     for mark in marks:
         t0 = time.perf_counter()
@@ -342,7 +358,7 @@ def real_quality(s, quant: str, data: dict, log: dict) -> dict:
     return out
 
 
-def real_main(model_name: str) -> dict:
+def real_main(model_name: str, scale: Scale = SCALES["ci"], device: str = "cpu") -> dict:
     """The real-model section (module docstring); keeps the proxy's keys of the existing JSON."""
     from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
     from models.evaluation import evaluate_lm
@@ -352,19 +368,22 @@ def real_main(model_name: str) -> dict:
     from zeroqat.model import calibration_batches
 
     total = time.perf_counter()
-    torch.set_num_threads(2)
+    threads = 2 if scale == SCALES["ci"] else os.cpu_count()
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
     s = compose(["+fleet=80dev", f"model={model_name}"])
     mem = memory_table(model_name, ALLOCATOR_ENV)
     corpus = load_corpus(s)
     folder = ensure_base_checkpoint(s, corpus, show_progress=False)
     pad, seq = corpus.tokenizer.pad_token_id, s.data.seq_len
-    gx, gy = global_test_windows(corpus, seq, REAL_EVAL_WINDOWS)
+    gx, gy = global_test_windows(corpus, seq, scale.eval_windows)
     public, _ = windows(corpus.public_ids, seq, pad)
     parts = [windows(corpus.client_train_ids(c), seq, pad) for c in range(corpus.num_clients)]
-    tx, ty = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    tx, ty = torch.cat([p[0] for p in parts]).to(dev), torch.cat([p[1] for p in parts]).to(dev)
     rng = np.random.default_rng(0)
-    zo_steps = BACKPROP_STEPS * FORWARDS_PER_BACKPROP * max(ZO_MULTIPLES) // (2 * s.zeroqat.perturbations)
-    idx = [rng.choice(len(tx), REAL_BATCH, replace=False) for _ in range(max(zo_steps, BACKPROP_STEPS))]
+    zo_steps = scale.backprop_steps * FORWARDS_PER_BACKPROP * max(scale.zo_multiples) // (2 * s.zeroqat.perturbations)
+    idx = [torch.from_numpy(rng.choice(len(tx), scale.batch, replace=False)).to(dev)
+           for _ in range(max(zo_steps, scale.backprop_steps))]
 
     def ppl(m) -> float:
         with torch.inference_mode():
@@ -374,18 +393,19 @@ def real_main(model_name: str) -> dict:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - total:6.0f} s] {msg}", flush=True)
 
-    data = {"folder": folder, "tx": tx, "ty": ty, "idx": idx, "ppl": ppl,
-            "calib": calibration_batches(public, s.zeroqat.calibration_windows)}
+    data = {"folder": folder, "tx": tx, "ty": ty, "idx": idx, "ppl": ppl, "scale": scale, "device": dev,
+            "calib": [c.to(dev) for c in calibration_batches(public, s.zeroqat.calibration_windows)]}
     z = s.zeroqat
     r = {"model": s.model.name, "trained_and_evaluated": s.model.name,
-         "scale": {"batch": f"{REAL_BATCH}x{seq}", "eval_windows": REAL_EVAL_WINDOWS,
+         "scale": {"name": "full" if scale == SCALES["full"] else "ci", "device": str(dev),
+                   "batch": f"{scale.batch}x{seq}", "eval_windows": scale.eval_windows,
                    "eval_text": "global test plays " + ", ".join(s.data.test_plays), "group_size": z.group_size,
                    "lora": f"rank {s.method.lora.rank} on {len(s.method.lora.target_modules)} projections",
-                   "backprop_steps": BACKPROP_STEPS, "backprop_lr": s.client.lr,
-                   "forwards_per_backprop_step": FORWARDS_PER_BACKPROP, "zeroqat_multiples": list(ZO_MULTIPLES),
+                   "backprop_steps": scale.backprop_steps, "backprop_lr": s.client.lr,
+                   "forwards_per_backprop_step": FORWARDS_PER_BACKPROP, "zeroqat_multiples": list(scale.zo_multiples),
                    "zeroqat": {"lr": z.lr, "eps": z.eps, "perturbations": z.perturbations,
-                               "lr_schedule": z.lr_schedule, "trainable": "lora"}, "threads": 2},
-         "ppl_float": ppl(load_base_model(folder))}
+                               "lr_schedule": z.lr_schedule, "trainable": "lora"}, "threads": threads},
+         "ppl_float": ppl(load_base_model(folder).to(dev))}
     log(f"float {r['ppl_float']}")
     for quant in QUALITY_QUANTS:
         q = real_quality(s, quant, data, log)
@@ -417,14 +437,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     ap = argparse.ArgumentParser(description="ZeroQAT benchmark (docs/benchmarks/zeroqat.{md,json})")
     ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m (real, default) | tiny-llama (proxy)")
+    ap.add_argument("--scale", choices=sorted(SCALES), default="ci",
+                    help="ci: 2 CPU cores, <= 60 min (default); full: the larger setting, for a GPU machine")
+    ap.add_argument("--device", default="auto", help="auto (cuda if present) | cpu | cuda")
     a = ap.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     if a.model == PROXY:
         return proxy_main()
     if not (REPO / "conf" / "cost" / f"{a.model}.yaml").exists() or not (REPO / "conf" / "model" / f"{a.model}.yaml").exists():
         print(f"benchmarks.zeroqat: --model {a.model}: needs conf/model/{a.model}.yaml and conf/cost/{a.model}.yaml "
               f"(e.g. --model smollm2-135m)", file=sys.stderr)
         raise SystemExit(2)
-    return real_main(a.model)
+    return real_main(a.model, SCALES[a.scale], device)
 
 
 def write(r: dict) -> None:
