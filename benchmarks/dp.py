@@ -1,12 +1,41 @@
 """DP-LoRA vs DP-DyLoRA under user-level DP-FedAvg on a population of >= 1,000 Shakespeare roles.
 
-``python -m benchmarks.dp`` (about 50 minutes on 2 CPU cores: 2 seeds x 5 epsilons per method, one process per
-method; ``--rewrite`` re-renders the tables from finished runs). Every run goes through the real ServerApp
-code (``server.run.FederatedRun``: strategy, DP layer, Opacus accounting, MLflow) and the real ClientApp
-handlers, on :class:`simulations.inprocess.InProcessGrid` (no Ray: only the sampled clients compute).
-epsilon = inf is the non-private run (privacy=none: plain FedAvg of the same method, same rounds and seeds);
-finite epsilons calibrate sigma with Opacus's get_noise_multiplier at delta = 1/N^1.1.
-Writes docs/benchmarks/dp.md and docs/benchmarks/dp.json.
+    python -m benchmarks.dp                      # the real SmolLM2-135M-Instruct (default), <= ~40 min on 2 CPU cores
+    python -m benchmarks.dp --model tiny-llama   # the 3.4M proxy (~50 min), the second section of the table
+    python -m benchmarks.dp --scale full         # the larger real-model setting, meant for a GPU machine
+    python -m benchmarks.dp --rewrite            # no training: re-render from the finished runs in --workdir
+
+Every run goes through the real ServerApp code (``server.run.FederatedRun``: strategy, DP layer, Opacus
+accounting, MLflow) and the real ClientApp handlers, on :class:`simulations.inprocess.InProcessGrid` (no Ray:
+only the sampled clients compute, so a population of 1,000 costs what its cohorts cost). One client = one
+speaking role (data.min_lines=1, data.roles_per_device=1, fleet.size=N). epsilon = inf is the non-private run
+(privacy=none: plain FedAvg of the same method, same rounds, cohort and seeds); finite epsilons calibrate sigma
+with Opacus (``privacy.accountant``, RDP by default, Poisson sampling at q = cohort / N) at delta = 1/N^1.1 for
+the run's rounds. Writes docs/benchmarks/dp.md (one section per model) and docs/benchmarks/dp.json: the proxy's
+keys at the top level, the real model's under ``by_model``; the real model's section is rewritten after every
+finished run, so a run cut short keeps what it measured.
+
+Real model (issue 24 item 3). Definitions and targets, fixed before its first run:
+
+* base = the pretrained model with a zero adapter (round 0 of every run: LoRA B = 0, so the same model and the
+  same test windows in every run, one value).
+* gain kept at epsilon 2, in the direction of improvement (benchmarks.dp_report.gain_kept):
+    perplexity: (ppl_base - ppl_eps2) / (ppl_base - ppl_inf)
+    accuracy:   (acc_eps2 - acc_base) / (acc_inf - acc_base)
+  with "inf" the non-private run of the same method. 1 = the private run keeps the whole non-private gain,
+  0 = none of it, < 0 = it ends worse than the base (-inf if its perplexity overflows). Undefined (null: the
+  target is then not met) when the non-private run does not improve on the base.
+* The headline ``gain_kept_eps2_ppl`` / ``gain_kept_eps2_acc`` are DP-DyLoRA's (the method under test) on the
+  seeds' mean metrics; per-seed values use each seed's own non-private run; DP-LoRA's are reported alongside.
+* ``dylora_minus_lora_acc_eps2`` = DP-DyLoRA accuracy - DP-LoRA accuracy at epsilon 2, in points, seed mean
+  (per seed alongside).
+* Targets (issue 24): with N >= 1,000, DP-DyLoRA at epsilon 2 keeps >= 50% of the non-private perplexity gain
+  (gain_kept_eps2_ppl >= 0.5), and DyLoRA >= LoRA (dylora_minus_lora_acc_eps2 >= 0).
+* Diagnostics: the median and max pre-clip update norm per round (the accepted deltas' L2 norms, before DP
+  clipping) against the clip norm C; the noise std per coordinate of the released mean, sigma C / m (m = the
+  expected cohort), and its expected norm over the adapter's d coordinates, sigma C sqrt(d) / m; and a
+  clipping-only run (privacy=user_dp at target_epsilon=inf: Poisson cohort, equal weights, clipping, sigma 0),
+  which separates what clipping costs from what noise costs.
 """
 
 from __future__ import annotations
