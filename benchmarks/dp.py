@@ -65,7 +65,7 @@ PRESETS: dict[tuple[str, str], dict] = {
     ("tiny-llama", "cpu"): dict(
         population=1000, rounds=8, cohort=80, local_steps=4, batch_size=None, lr=1e-2, clip=2.0, rank=8,
         eval_windows=256, seeds=[0, 1], epsilons=EPSILONS, jobs=2, clip_only=False, pretrain_steps=400,
-        eval_ranks=None, max_batched_devices=None),
+        eval_ranks=None, max_batched_devices=None, clip_sweep=[]),
     # SmolLM2-135M on 2 CPU cores, sized by a one-round timing probe to finish in ~40 min with the host shared
     # (docs/benchmarks/dp.md states the scale): the per-model defaults' batch (4 x 64 tokens) and lr. Probe
     # (1 round, cohort 12, 4 local steps, two runs in parallel on the shared host): ~2.5 s per local step, ~30 s
@@ -73,12 +73,13 @@ PRESETS: dict[tuple[str, str], dict] = {
     ("smollm2-135m", "cpu"): dict(
         population=1000, rounds=2, cohort=16, local_steps=3, batch_size=4, lr=3e-3, clip=0.5, rank=8,
         eval_windows=64, seeds=[0, 1], epsilons=[math.inf, 8.0, 2.0], jobs=2, clip_only=True, pretrain_steps=None,
-        eval_ranks=[1], max_batched_devices=4),
+        eval_ranks=[1], max_batched_devices=4, clip_sweep=[0.1, 2.0, 8.0]),
     # the larger setting, for a GPU machine (not run on the 2-core host)
     ("smollm2-135m", "full"): dict(
         population=1000, rounds=30, cohort=100, local_steps=10, batch_size=8, lr=3e-3, clip=0.5, rank=8,
         eval_windows=512, seeds=[0, 1, 2], epsilons=[math.inf, 8.0, 2.0], jobs=1, clip_only=True,
-        pretrain_steps=None, eval_ranks=[1, 2, 4, 8], max_batched_devices=16),
+        pretrain_steps=None, eval_ranks=[1, 2, 4, 8], max_batched_devices=16,
+        clip_sweep=[0.1, 2.0, 8.0]),
 }
 MODELS = sorted({m for m, _ in PRESETS})
 SCALES = sorted({s for _, s in PRESETS})
@@ -88,7 +89,8 @@ def is_proxy(args) -> bool:
     return args.model == "tiny-llama"
 
 
-def overrides(args, method: str, eps: float | str, seed: int) -> list[str]:
+def overrides(args, method: str, eps: float | str, seed: int, clip: float | None = None) -> list[str]:
+    clip = args.clip if clip is None else clip
     common = [
         "+fleet=80dev", f"model={args.model}", f"fleet.size={args.population}", "data.min_lines=1",
         "data.roles_per_device=1", f"method={method}",
@@ -108,10 +110,10 @@ def overrides(args, method: str, eps: float | str, seed: int) -> list[str]:
         common += [f"client.batch_size={args.batch_size}", "simulation.workers=1", "tracking.generations=0",
                    f"simulation.max_batched_devices={args.max_batched_devices}", f"method.dylora.eval_ranks=[{ranks}]"]
     if eps == CLIP_ONLY:
-        return [*common, "privacy.target_epsilon=inf", f"privacy.clip_norm={args.clip}"]
+        return [*common, "privacy.target_epsilon=inf", f"privacy.clip_norm={clip}"]
     if math.isinf(eps):
         return [*common, "privacy=none"]
-    return [*common, f"privacy.target_epsilon={eps}", f"privacy.clip_norm={args.clip}"]
+    return [*common, f"privacy.target_epsilon={eps}", f"privacy.clip_norm={clip}"]
 
 
 _BASE_SCORES: dict[tuple, object] = {}  # per worker process: the base model's central score
@@ -136,7 +138,7 @@ class EndpointEvaluation:
         return self.evaluator(server_round, arrays) if server_round == self.last_round else None
 
 
-def run_one(args, method: str, eps: float | str, seed: int) -> dict:
+def run_one(args, method: str, eps: float | str, seed: int, clip: float | None = None) -> dict:
     from models.lora import adapter_arrays
     from runconfig.load import compose
     from runconfig.plain import to_plain
@@ -144,8 +146,8 @@ def run_one(args, method: str, eps: float | str, seed: int) -> dict:
     from server.run import FederatedRun
     from simulations.inprocess import InProcessGrid
 
-    settings = compose(overrides(args, method, eps, seed))
-    settings.output_dir = output_dir(args, method, eps, seed)
+    settings = compose(overrides(args, method, eps, seed, clip))
+    settings.output_dir = output_dir(args, method, eps, seed, clip)
     prepared = prepare(settings, show_progress=False)
     if prepared.corpus.num_clients < args.population:
         raise SystemExit(f"only {prepared.corpus.num_clients} roles for a population of {args.population}")
@@ -164,21 +166,22 @@ def run_one(args, method: str, eps: float | str, seed: int) -> dict:
         "replies": [m.get("fleet/replies", m.get("fleet/accepted")) for m in rounds],
     }
     (Path(settings.output_dir) / "benchmark_row.json").write_text(json.dumps(diag))
-    return collect(args, method, eps, seed)
+    return collect(args, method, eps, seed, clip)
 
 
-def output_dir(args, method: str, eps: float | str, seed: int) -> str:
-    return str(Path(args.workdir) / f"{method}-eps{eps}-seed{seed}")
+def output_dir(args, method: str, eps: float | str, seed: int, clip: float | None = None) -> str:
+    tail = "" if clip is None or clip == args.clip else f"-clip{clip:g}"  # a clip-norm sweep run
+    return str(Path(args.workdir) / f"{method}-eps{eps}-seed{seed}{tail}")
 
 
-def collect(args, method: str, eps: float | str, seed: int) -> dict:
+def collect(args, method: str, eps: float | str, seed: int, clip: float | None = None) -> dict:
     """One finished run's row, read back from its summary.json, its MLflow run and its benchmark_row.json."""
     from mlflow.tracking import MlflowClient
 
     from runconfig.load import compose
 
-    settings = compose(overrides(args, method, eps, seed))
-    folder = Path(output_dir(args, method, eps, seed))
+    settings = compose(overrides(args, method, eps, seed, clip))
+    folder = Path(output_dir(args, method, eps, seed, clip))
     summary = json.loads((folder / "summary.json").read_text())
     m = MlflowClient(tracking_uri=settings.tracking.uri).get_run(summary["mlflow_run_id"]).data.metrics
     row = {
@@ -192,6 +195,7 @@ def collect(args, method: str, eps: float | str, seed: int) -> dict:
         "wall_s": summary["server_wall_s"], "eval_tokens": args.eval_windows * settings.data.seq_len,
         "seq_len": settings.data.seq_len, "rounds": summary["rounds"], "rejected": summary["rejected"],
         "model_name": summary["model"], "priced_as": summary["priced_as"],
+        "clip_norm": args.clip if clip is None else clip,
         "accountant": str(settings.privacy.accountant) if settings.privacy.mode != "none" else None,
     }
     extra = folder / "benchmark_row.json"
@@ -400,9 +404,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="comma-separated target epsilons (inf: the non-private run)")
     ap.add_argument("--no-clip-only", dest="clip_only", action="store_false", default=None,
                     help="skip the clipping-only diagnostic runs (real model)")
+    ap.add_argument("--clip-sweep", type=lambda v: [float(x) for x in v.split(",")] if v else [],
+                    help="other clip norms run at epsilon 2 and clipping-only, seed 0 (real model; '' for none)")
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "edgefleet"))
     ap.add_argument("--workdir", help="default: /tmp/edgefleet-benchmark-dp/<model>-<scale>")
     ap.add_argument("--jobs", type=int, help="runs in parallel processes (each with cores / jobs threads)")
+    ap.add_argument("--resume", action="store_true",
+                    help="read back the runs already finished in --workdir and run only the others")
     ap.add_argument("--rewrite", action="store_true",
                     help="no training: rewrite the tables (and the proxy's plot) from the runs already in --workdir")
     args = ap.parse_args(argv)
@@ -420,14 +428,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def planned_runs(args) -> list[tuple[str, float | str, int]]:
-    """(method, epsilon, seed) in the order they run: a seed's non-private runs first, then epsilon 2 (the
-    target's), then the other epsilons; every seed before the clipping-only diagnostic (seed 0, last)."""
+def planned_runs(args) -> list[tuple[str, float | str, int, float | None]]:
+    """(method, epsilon, seed, clip) in the order they run: a seed's non-private runs first, then epsilon 2 (the
+    target's), then the other epsilons; every seed before the diagnostics (seed 0, last): clipping only at C,
+    then the clip-norm sweep (epsilon 2 and clipping only at each other C). clip None = args.clip."""
     if is_proxy(args):  # as before: one method's epsilons in turn
-        return [(m, e, s) for s in args.seeds for e in args.epsilons for m in METHODS]
+        return [(m, e, s, None) for s in args.seeds for e in args.epsilons for m in METHODS]
     order = sorted(args.epsilons, key=lambda e: (not math.isinf(e), e != 2.0, -e))
-    runs = [(m, e, s) for s in args.seeds for e in order for m in METHODS]
-    return runs + ([(m, CLIP_ONLY, args.seeds[0]) for m in METHODS] if args.clip_only else [])
+    runs = [(m, e, s, None) for s in args.seeds for e in order for m in METHODS]
+    if args.clip_only:
+        runs += [(m, CLIP_ONLY, args.seeds[0], None) for m in METHODS]
+    sweep = [c for c in (args.clip_sweep or []) if c != args.clip]
+    return runs + [(m, e, args.seeds[0], c) for c in sweep for e in (2.0, CLIP_ONLY) for m in METHODS]
 
 
 def render(args, rows: list[dict], total_s: float, planned: int) -> None:
@@ -459,17 +471,28 @@ def main(argv: list[str] | None = None) -> None:
 
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    rows: list[dict] = []
+    if args.resume:  # finished runs are read back, not re-run; the wall time adds the earlier invocations'
+        done = [r for r in runs if (Path(output_dir(args, *r)) / "summary.json").exists()]
+        rows = [collect(args, *r) for r in done]
+        runs_left = [r for r in runs if r not in done]
+        previous = DOCS / "dp.json"
+        data = json.loads(previous.read_text()) if previous.exists() else {}
+        data = data if is_proxy(args) else data.get("by_model", {}).get(args.model, {})
+        start -= data.get("total_wall_s", 0.0) if rows else 0.0
+        print(f"resume: {len(rows)} finished runs read back, {len(runs_left)} to run", flush=True)
+    else:
+        runs_left = runs
     for seed in args.seeds:  # data, tokenizer and base checkpoint (the proxy: pretrained) once, before the workers
         prepare(compose(overrides(args, METHODS[0], math.inf, seed)), show_progress=False)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    rows: list[dict] = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = {pool.submit(run_one, args, *r): r for r in runs}
+        futures = {pool.submit(run_one, args, *r): r for r in runs_left}
         for future in as_completed(futures):
             row = future.result()
             rows.append(row)
-            print(f"{row['method']} seed {row['seed']} eps={fmt_eps(row['epsilon_target'])}: "
+            print(f"{row['method']} seed {row['seed']} eps={fmt_eps(row['epsilon_target'])} C={row['clip_norm']:g}: "
                   f"acc {100 * row['accuracy']:.2f}% ppl {row['perplexity']:.4g} sigma {row['noise_multiplier']:.3f} "
                   f"({row['wall_s']:.0f}s; {len(rows)}/{len(runs)} runs, {(time.perf_counter() - start) / 60:.1f} min)",
                   flush=True)

@@ -103,8 +103,44 @@ def _cell(runs: list[dict], clip: float, cohort: int) -> dict:
     }
 
 
+def clip_sweep(args, rows: list[dict], sweep_rows: list[dict]) -> dict[str, list[dict]]:
+    """Per method, per clip norm C (seed 0): epsilon 2 and clipping only (sigma 0) against that seed's
+    non-private run; the main runs give the row at args.clip."""
+    if not sweep_rows:
+        return {}
+    seed = min(r["seed"] for r in sweep_rows)
+    pick = [r for r in rows if r["seed"] == seed]
+    out: dict[str, list[dict]] = {}
+    for m in sorted({r["method"] for r in sweep_rows}):
+        mine = [r for r in pick if r["method"] == m]
+        ref = next((r for r in mine if _label(r["epsilon_target"]) == "inf"), None)
+        if ref is None:
+            continue
+        table = []
+        for c in sorted({r.get("clip_norm", args.clip) for r in mine if _label(r["epsilon_target"]) != "inf"}):
+            at = {_label(r["epsilon_target"]): r for r in mine if r.get("clip_norm", args.clip) == c}
+            entry = {"clip_norm": c}
+            for lab, key in (("2", "eps2"), ("inf-clip", "clip_only")):
+                r = at.get(lab)
+                if r is None:
+                    continue
+                entry[key] = {
+                    "perplexity": r["perplexity"], "accuracy": r["accuracy"], "noise_multiplier": r["noise_multiplier"],
+                    "noise_std_per_coordinate": r["noise_multiplier"] * c / args.cohort,
+                    "update_norm_median": _mean(r.get("update_norm_median") or []),
+                    "gain_kept_ppl": gain_kept(r["perplexity_base"], r["perplexity"], ref["perplexity"], True),
+                    "gain_kept_acc": gain_kept(r["accuracy_base"], r["accuracy"], ref["accuracy"], False),
+                }
+            table.append(entry)
+        out[m] = table
+    return out
+
+
 def summarize_real(args, rows: list[dict], total_s: float, planned: int) -> dict:
     """The ``by_model`` entry of one real-model run (partial when ``len(rows) < planned``)."""
+    sweep_rows = [r for r in rows if r.get("clip_norm", args.clip) != args.clip]
+    sweep = clip_sweep(args, rows, sweep_rows)
+    rows = [r for r in rows if r.get("clip_norm", args.clip) == args.clip]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in sorted(rows, key=lambda r: r["seed"]):
         groups.setdefault((r["method"], _label(r["epsilon_target"])), []).append(r)
@@ -165,7 +201,9 @@ def summarize_real(args, rows: list[dict], total_s: float, planned: int) -> dict
         "targets": {"ppl_gain_kept_eps2_ge_50pct": None if not kept["dp_dylora"]["ppl_per_seed"]
                     else bool(gk is not None and gk >= PPL_KEPT_TARGET),
                     "dylora_ge_lora_acc_eps2": None if diff is None else bool(diff >= ACC_TARGET_POINTS)},
-        "runs_done": len(rows), "runs_planned": planned, "complete": len(rows) >= planned,
+        "clip_sweep": sweep,
+        "runs_done": len(rows) + len(sweep_rows), "runs_planned": planned,
+        "complete": len(rows) + len(sweep_rows) >= planned,
         "total_wall_s": total_s,
     }
 
@@ -239,6 +277,19 @@ def render_real(out: dict, command: str) -> list[str]:
         "",
         *clipping_vs_noise(out),
     ]
+    if out.get("clip_sweep"):
+        lines += ["", "Clip-norm sweep (seed 0; gain kept against seed 0's non-private run; noise std = sigma C / m):",
+                  "", "| method | C | clipping only (sigma 0): ppl / ppl gain kept / acc gain kept | epsilon 2: ppl / "
+                  "ppl gain kept / acc gain kept | epsilon 2 noise std per coordinate | median pre-clip norm |",
+                  "|---|---|---|---|---|---|"]
+        for m, table in out["clip_sweep"].items():
+            for e in table:
+                co, two = e.get("clip_only"), e.get("eps2")
+                cell = lambda x: "—" if x is None else (  # noqa: E731
+                    f"{_ppl(x['perplexity'])} / {pct(x['gain_kept_ppl'])} / {pct(x['gain_kept_acc'])}")
+                lines.append(f"| {m} | {e['clip_norm']:g} | {cell(co)} | {cell(two)} | "
+                             f"{_fmt(two and two['noise_std_per_coordinate'], '.3g')} | "
+                             f"{_fmt((two or co or {}).get('update_norm_median'), '.3g')} |")
     ranks = {lab: by["dp_dylora"]["rank_accuracy"] for lab, by in out["per_epsilon"].items()
              if "dp_dylora" in by and by["dp_dylora"]["rank_accuracy"]}
     if ranks:

@@ -23,16 +23,20 @@ def test_real_model_settings_compose(scale, tmp_path):
     args = parse_args(["--scale", scale, "--workdir", str(tmp_path)])
     runs = planned_runs(args)
     assert args.model == "smollm2-135m" and args.population >= 1000 and len(args.seeds) >= 2
-    assert {e for _, e, _ in runs} == {math.inf, 8.0, 2.0, CLIP_ONLY}
-    assert runs[:2] == [(m, math.inf, args.seeds[0]) for m in METHODS]  # the baselines first
-    for method, eps, seed in [runs[0], (METHODS[1], 2.0, 1), (METHODS[0], CLIP_ONLY, 0)]:
-        s = compose(overrides(args, method, eps, seed))
+    assert {e for _, e, _, _ in runs} == {math.inf, 8.0, 2.0, CLIP_ONLY}
+    assert runs[:2] == [(m, math.inf, args.seeds[0], None) for m in METHODS]  # the baselines first
+    sweep = [r for r in runs if r[3] is not None]  # the clip-norm sweep: last, seed 0, epsilon 2 and sigma 0
+    assert runs[-len(sweep):] == sweep and {(e, s) for _, e, s, _ in sweep} == {(2.0, 0), (CLIP_ONLY, 0)}
+    for method, eps, seed, clip in [runs[0], (METHODS[1], 2.0, 1, None), (METHODS[0], CLIP_ONLY, 0, None), sweep[0]]:
+        s = compose(overrides(args, method, eps, seed, clip))
         assert s.model.name == "SmolLM2-135M-Instruct" and s.method.name == method
         assert (s.fleet.size, s.rounds, s.federation.cohort_size) == (args.population, args.rounds, args.cohort)
         assert (s.client.local_steps, s.client.batch_size) == (args.local_steps, args.batch_size)
         assert s.data.roles_per_device == 1 and s.privacy.mode == ("none" if eps == math.inf else "user")
         if eps == CLIP_ONLY:
-            assert math.isinf(s.privacy.target_epsilon) and s.privacy.clip_norm == args.clip
+            assert math.isinf(s.privacy.target_epsilon)
+        if eps != math.inf:
+            assert s.privacy.clip_norm == (args.clip if clip is None else clip)
     if scale == "full":
         cpu = parse_args([])
         assert args.rounds > cpu.rounds and args.cohort > cpu.cohort and len(args.seeds) >= 3
