@@ -68,12 +68,14 @@ PRESETS: dict[tuple[str, str], dict] = {
         eval_ranks=None, max_batched_devices=None, clip_sweep=[]),
     # SmolLM2-135M on 2 CPU cores, sized by a one-round timing probe to finish in ~40 min with the host shared
     # (docs/benchmarks/dp.md states the scale): the per-model defaults' batch (4 x 64 tokens) and lr. Probe
-    # (1 round, cohort 12, 4 local steps, two runs in parallel on the shared host): ~2.5 s per local step, ~30 s
-    # per evaluation of 64 windows, ~9 GB per process with uncapped cohort batches (hence 4 devices a batch).
+    # (1 round, cohort 12, 4 local steps, two runs in parallel on a host busy with two other jobs): ~2.5 s per
+    # local step, ~30 s per evaluation of 64 windows, ~9 GB per process with uncapped cohort batches (hence 4
+    # devices a batch). Measured with this preset on a quieter host: 14 runs in 11.3 min (60-110 s a run).
+    # The clip-norm sweep (--clip-sweep 0.1,2,8: 12 more runs at seed 0) is not in this preset: it was not run.
     ("smollm2-135m", "cpu"): dict(
         population=1000, rounds=2, cohort=16, local_steps=3, batch_size=4, lr=3e-3, clip=0.5, rank=8,
         eval_windows=64, seeds=[0, 1], epsilons=[math.inf, 8.0, 2.0], jobs=2, clip_only=True, pretrain_steps=None,
-        eval_ranks=[1], max_batched_devices=4, clip_sweep=[0.1, 2.0, 8.0]),
+        eval_ranks=[1], max_batched_devices=4, clip_sweep=[]),
     # the larger setting, for a GPU machine (not run on the 2-core host)
     ("smollm2-135m", "full"): dict(
         population=1000, rounds=30, cohort=100, local_steps=10, batch_size=8, lr=3e-3, clip=0.5, rank=8,
@@ -290,7 +292,8 @@ def write(args, rows: list[dict], total_s: float) -> dict:
     lines = [
         "## Proxy: tiny-llama (3.4M parameters), trained and evaluated",
         "",
-        f"`python -m benchmarks.dp --model tiny-llama` — population N = {args.population} Shakespeare roles (one role per client, "
+        f"`python -m benchmarks.dp --model tiny-llama` — population N = {args.population} Shakespeare roles "
+        "(one role per client, "
         f"data.min_lines=1; tiny-llama pretrained {args.pretrain_steps} steps on {args.public_texts}), "
         f"{args.rounds} rounds, Poisson sampling q = "
         f"{args.cohort}/{args.population}, clip C = {args.clip}, delta = 1/N^1.1 = {out['delta']:.3g}, "

@@ -49,7 +49,7 @@ def merge_sections(path: Path, name: str, lines: list[str]) -> str:
         sections[key] = body.rstrip("\n") + "\n"
     sections[name] = "\n".join(lines).rstrip("\n") + "\n"
     order = [k for k in SECTION_ORDER if k in sections] + [k for k in sections if k not in SECTION_ORDER]
-    out = "\n".join(HEADER)
+    out = "\n".join(HEADER) + "\n"
     for key in order:
         out += MARK.format(key) + "\n" + sections[key] + "\n"
     return out.rstrip("\n") + "\n"
@@ -169,7 +169,8 @@ def summarize_real(args, rows: list[dict], total_s: float, planned: int) -> dict
     diff = _mean(list(diff_per_seed.values()))
     gk = kept["dp_dylora"]["ppl"]
     first = next(iter(rows), {})
-    labels = sorted({k[1] for k in cells}, key=lambda x: (x == "inf-clip", x != "inf", -float(x.replace("inf-clip", "inf"))))
+    labels = sorted({k[1] for k in cells},  # inf, then the epsilons high to low, then inf-clip
+                    key=lambda x: (x == "inf-clip", x != "inf", -float(x.replace("inf-clip", "inf"))))
     return {
         "model": first.get("model_name"), "trained_and_evaluated": first.get("model_name"),
         "priced_as": None,  # this benchmark reports quality only: no simulated time, bytes or memory
@@ -182,13 +183,13 @@ def summarize_real(args, rows: list[dict], total_s: float, planned: int) -> dict
             "lr": args.lr, "lora_rank": args.rank, "target_modules": args.target_modules,
         },
         "accounting": {
-            "library": "Opacus", "accountant": next(
-                (r["accountant"] for r in rows if r.get("accountant")), None), "sampling": "poisson", "sample_rate": args.cohort
-            / args.population, "delta": 1.0 / args.population ** 1.1, "rounds": args.rounds, "clip_norm": args.clip,
+            "library": "Opacus", "accountant": next((r["accountant"] for r in rows if r.get("accountant")), None),
+            "sampling": "poisson", "sample_rate": args.cohort / args.population,
+            "delta": 1.0 / args.population ** 1.1, "rounds": args.rounds, "clip_norm": args.clip,
             "sigma": {lab: next(get(m, lab, "noise_multiplier") for m in methods if (m, lab) in cells)
-                      for lab in labels if lab != "inf"},
+                      for lab in labels if not lab.startswith("inf")},
             "epsilon_spent": {lab: max(get(m, lab, "epsilon_spent") for m in methods if (m, lab) in cells)
-                              for lab in labels if lab != "inf"},
+                              for lab in labels if not lab.startswith("inf")},
             "noise": "N(0, (sigma C)^2) on the sum of clipped updates, divided by the expected cohort m",
         },
         "perplexity_base": ppl_base, "accuracy_base": acc_base,
@@ -211,7 +212,7 @@ def summarize_real(args, rows: list[dict], total_s: float, planned: int) -> dict
 def render_real(out: dict, command: str) -> list[str]:
     """The real model's markdown section from its ``by_model`` entry."""
     sc, acc = out["scale"], out["accounting"]
-    pct = lambda v: "—" if v is None else ("-inf" if v == -math.inf else f"{100 * v:.0f}%")  # noqa: E731
+    pct = _pct
     verdict = lambda ok: "not measured yet" if ok is None else ("**met**" if ok else "**not met**")  # noqa: E731
     partial = "" if out["complete"] else (f" **Partial: {out['runs_done']} of {out['runs_planned']} runs finished;"
                                            " the numbers below are those runs'.**")
@@ -275,8 +276,14 @@ def render_real(out: dict, command: str) -> list[str]:
         f"- DyLoRA >= LoRA at epsilon 2 (accuracy): {verdict(out['targets']['dylora_ge_lora_acc_eps2'])} "
         f"({_fmt(diff, '+.2f')} points)",
         "",
+        *accuracy_reading(out),
+        "",
         *clipping_vs_noise(out),
     ]
+    if not out.get("clip_sweep"):
+        lines += ["", "Clip-norm sweep: not run in this setting (`--clip-sweep 0.1,2,8` adds epsilon 2 and "
+                  "clipping-only runs at each of those C, seed 0; `--scale full` includes it). The clipping-only "
+                  "runs above separate clipping from noise at this C."]
     if out.get("clip_sweep"):
         lines += ["", "Clip-norm sweep (seed 0; gain kept against seed 0's non-private run; noise std = sigma C / m):",
                   "", "| method | C | clipping only (sigma 0): ppl / ppl gain kept / acc gain kept | epsilon 2: ppl / "
@@ -310,23 +317,56 @@ def clipping_vs_noise(out: dict) -> list[str]:
         inf, clip, two = (pe.get(lab, {}).get(m) for lab in ("inf", "inf-clip", "2"))
         if not (inf and two):
             continue
-        text = f"- {m}: non-private ppl {_ppl(inf['perplexity'])}"
-        if clip:
-            text += (f"; clipping only (sigma 0) {_ppl(clip['perplexity'])} "
-                     f"({pct_kept(base, clip['perplexity'], inf['perplexity'])} of the gain kept)")
-        text += (f"; epsilon 2 {_ppl(two['perplexity'])} ({pct_kept(base, two['perplexity'], inf['perplexity'])}). "
-                 f"Median pre-clip update norm {_fmt(two['update_norm_median'], '.3g')} vs C = "
+        text = f"- {m}: non-private ppl {_ppl(inf['perplexity'])}, epsilon 2 {_ppl(two['perplexity'])} " \
+               f"({pct_kept(base, two['perplexity'], inf['perplexity'])} of the gain kept)"
+        text += (f". Median pre-clip update norm {_fmt(two['update_norm_median'], '.3g')} vs C = "
                  f"{out['accounting']['clip_norm']:g}; the noise added to the mean has std "
                  f"{_fmt(two['noise_std_per_coordinate'], '.3g')} per coordinate, an expected norm of "
                  f"{_fmt(two['noise_norm_expected'], '.3g')} over {two['adapter_params']:,} coordinates, against a "
                  f"mean of clipped updates of norm <= C = {out['accounting']['clip_norm']:g}.")
+        seed = next(iter(clip["perplexity_per_seed"]), None) if clip else None
+        if seed in inf["perplexity_per_seed"] and seed in two["perplexity_per_seed"]:
+            ref, p2 = inf["perplexity_per_seed"][seed], two["perplexity_per_seed"][seed]
+            k_clip = gain_kept(base, clip["perplexity_per_seed"][seed], ref, True)
+            k_two = gain_kept(base, p2, ref, True)
+            text += (f" Seed {seed}: non-private {_ppl(ref)}, clipping only (sigma 0) "
+                     f"{_ppl(clip['perplexity_per_seed'][seed])} ({_pct(k_clip)} kept), epsilon 2 {_ppl(p2)} "
+                     f"({_pct(k_two)} kept)")
+            if k_clip is not None and k_two is not None:
+                text += (f": clipping alone loses {_pct(1 - k_clip)} of the non-private gain, the epsilon-2 noise "
+                         f"a further {_pct(k_clip - k_two)}.")
         lines.append(text)
-    return lines if len(lines) > 1 else []
+    if len(lines) == 1:
+        return []
+    lines += ["- In the DP runs the largest pre-clip update is up to ~10x the median: a few sampled clients' updates "
+              "are far larger than the rest; clipping bounds each at C whatever its size."
+              if any(c.get("update_norm_max") and c.get("update_norm_median") and
+                     c["update_norm_max"] > 5 * c["update_norm_median"] for by in pe.values() for c in by.values())
+              else ""]
+    return [line for line in lines if line]
+
+
+def accuracy_reading(out: dict) -> list[str]:
+    """How large an accuracy difference the test set can resolve."""
+    p, n = out["accuracy_base"], out["scale"]["eval_tokens"]
+    if p is None or not n:
+        return []
+    se = 100 * math.sqrt(p * (1 - p) / n)
+    text = (f"Accuracy resolution: one accuracy on {n:,} test tokens has a binomial standard error of about "
+            f"{se:.2f} points (a paired difference of two models on the same tokens, less).")
+    at2 = out["per_epsilon"].get("2", {})
+    if len(at2) == 2 and all(abs(c["accuracy"] - p) < 0.01 for c in at2.values()):
+        text += (" At epsilon 2 both methods end within one point of the base model's accuracy, so DyLoRA >= LoRA "
+                 "compares two adapters that learned little.")
+    return [text]
+
+
+def _pct(v) -> str:
+    return "—" if v is None else ("-inf" if v == -math.inf else f"{100 * v:.1f}%")
 
 
 def pct_kept(base, private, nonprivate) -> str:
-    v = gain_kept(base, private, nonprivate, True)
-    return "—" if v is None else ("-inf" if v == -math.inf else f"{100 * v:.0f}%")
+    return _pct(gain_kept(base, private, nonprivate, True))
 
 
 def write_real(args, rows: list[dict], total_s: float, planned: int, docs: Path) -> dict:
@@ -335,7 +375,7 @@ def write_real(args, rows: list[dict], total_s: float, planned: int, docs: Path)
     import sys
 
     out = summarize_real(args, rows, total_s, planned)
-    command = "python -m benchmarks.dp" + "".join(f" {a}" for a in sys.argv[1:] if a != "--rewrite")
+    command = "python -m benchmarks.dp" + "".join(f" {a}" for a in sys.argv[1:] if a not in ("--rewrite", "--resume"))
     lines = render_real(out, command)
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "dp.md").write_text(merge_sections(docs / "dp.md", args.model, lines))

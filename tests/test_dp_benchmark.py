@@ -20,7 +20,7 @@ def test_gain_kept_on_given_numbers():
 
 @pytest.mark.parametrize("scale", ["cpu", "full"])
 def test_real_model_settings_compose(scale, tmp_path):
-    args = parse_args(["--scale", scale, "--workdir", str(tmp_path)])
+    args = parse_args(["--scale", scale, "--workdir", str(tmp_path), "--clip-sweep", "0.1,2"])
     runs = planned_runs(args)
     assert args.model == "smollm2-135m" and args.population >= 1000 and len(args.seeds) >= 2
     assert {e for _, e, _, _ in runs} == {math.inf, 8.0, 2.0, CLIP_ONLY}
@@ -37,8 +37,10 @@ def test_real_model_settings_compose(scale, tmp_path):
             assert math.isinf(s.privacy.target_epsilon)
         if eps != math.inf:
             assert s.privacy.clip_norm == (args.clip if clip is None else clip)
+    assert len(sweep) == 2 * 2 * len(METHODS)  # two other clip norms x (epsilon 2, clipping only) x methods
     if scale == "full":
         cpu = parse_args([])
+        assert parse_args(["--scale", "full"]).clip_sweep and not cpu.clip_sweep
         assert args.rounds > cpu.rounds and args.cohort > cpu.cohort and len(args.seeds) >= 3
         assert args.eval_windows > cpu.eval_windows
 
