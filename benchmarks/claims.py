@@ -96,8 +96,8 @@ def dp_claims(d: dict) -> list[Claim]:
               ("n/a" if not r else "no gain to keep"),
               None if kept is None or not r else (kept >= 0.5 and (n or 0) >= 1000), cmd, detail),
         Claim("DP-DyLoRA's accuracy >= DP-LoRA's at epsilon 2", "DyLoRA best of the DP-PEFT methods",
-              f"{proxy_diff * 100:+.2f} points" if proxy_diff is not None else "n/a",
-              f"{diff * 100:+.2f} points" if diff is not None else "n/a",
+              f"{proxy_diff:+.2f} points" if proxy_diff is not None else "n/a",
+              f"{diff:+.2f} points" if diff is not None else "n/a",
               None if diff is None else diff >= 0, cmd, detail),
     ]
 
