@@ -156,6 +156,14 @@ def section(rows: list[Claim] | None = None) -> str:
 def notes() -> list[str]:
     """What a reader needs to read a verdict that does not follow from the row alone."""
     out = []
+    dp = _load("dp").get("by_model", {}).get(REAL, {})
+    diff, tokens, acc = (_num(dp.get("dylora_minus_lora_acc_eps2")), dp.get("scale", {}).get("eval_tokens"),
+                         _num(dp.get("accuracy_base")))
+    if diff is not None and tokens and acc is not None:
+        se = 100 * math.sqrt(2 * acc * (1 - acc) / tokens)  # of a difference of two accuracies, in points
+        if abs(diff) < 2 * se:
+            out.append(f"- DyLoRA - LoRA at epsilon 2 ({diff:+.2f} points) is inside twice the standard error of a "
+                       f"difference of two accuracies on {tokens:,} tokens ({se:.2f} points): the verdict is a tie.")
     z = _load("zeroqat").get("by_model", {}).get(REAL, {})
     for quant in ("w4a8", "w4a4"):
         rtn, ptq = _num(z.get(f"ppl_rtn_{quant}")), _num(z.get(f"ppl_ptq_{quant}"))
