@@ -85,7 +85,7 @@ PROFILES = {
                   "fedspine": ["method.fedspine.prune_every=2", "method.fedspine.sparsity_step=0.25"]},
     },
     "smollm2-135m": {  # fine-tuned and priced as itself; method.fedspine from conf/per_model/fedspine/
-        "small": {"rounds": 5, "cost": ["trained"], "levels": [0.5, 0.15], "decision": 0.15, "masks": "base",
+        "small": {"rounds": 4, "cost": ["trained"], "levels": [0.5, 0.15], "decision": 0.15, "masks": "base",
                   "smooth": 1, "rule": "v2", "settings": [
                       "federation.cohort_size=6", "client.local_steps=5", "client.batch_size=4",
                       "data.central_eval_windows=16"],

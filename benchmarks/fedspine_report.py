@@ -232,7 +232,7 @@ def real_summary(args, profile: dict, results: dict, seeds: list[int], wall_s: f
     bar50 = half.get("quality_best_baseline")
     bar_d = deploy.get("quality_best_baseline")
     return {
-        "model": args.model, "trained": per_seed[done[0]][args.methods[0]]["priced_as"],
+        "model": args.model, "trained": per_seed[done[0]][args.methods[0]]["priced_as"].replace(" (trained model)", ""),
         "priced_as": per_seed[done[0]][args.methods[0]]["priced_as"],
         "clock": "analytic (fleet/pricing.py), with the per-step operator overhead term (issue 21)",
         "rule": "v2 (benchmarks/fedspine.py's docstring, committed before the runs)",
