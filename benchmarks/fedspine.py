@@ -352,7 +352,7 @@ def parse(argv: list[str] | None):
     parser.add_argument("--set", nargs="*", default=[], dest="extra", help="extra Hydra overrides for every run")
     parser.add_argument("--cache-dir", default=os.environ.get("EDGEFLEET_CACHE", "/tmp/edgefleet-bench-cache"))
     parser.add_argument("--runs-dir", default=None, help="per-run JSON records (default: "
-                        "/tmp/fedspine-runs/<model>-<scale>); runs already there with the same settings are kept")
+                        "/tmp/fedspine-runs/<model>-<scale>[-<hash of --set>]); runs already there with the same settings are kept")
     parser.add_argument("--report-only", action="store_true", help="no runs: summarise the records in --runs-dir")
     parser.add_argument("--docs-dir", default=None, help="write fedspine.{md,json} and plots here "
                         "(default docs/benchmarks/)")
@@ -375,7 +375,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.docs_dir:
         report.DOCS = Path(args.docs_dir)
     profile = PROFILES[args.model][args.scale]
-    runs_dir = Path(args.runs_dir or f"/tmp/fedspine-runs/{args.model}-{args.scale}")
+    tag = f"{args.model}-{args.scale}"
+    if args.extra:  # runs with other overrides keep their own records
+        import hashlib
+
+        tag += "-" + hashlib.sha1(" ".join(args.extra).encode()).hexdigest()[:8]
+    runs_dir = Path(args.runs_dir or f"/tmp/fedspine-runs/{tag}")
     runs_dir.mkdir(parents=True, exist_ok=True)
     work = tempfile.mkdtemp(prefix="fedspine-bench-")
     seeds = args.seeds
