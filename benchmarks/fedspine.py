@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
               flush=True)
         run_all(pending, args.jobs)
     results = load_runs(tasks)
-    out = report.assemble(args, profile, results, seeds, time.perf_counter() - t0,
+    out = report.assemble(args, profile, results, seeds, None if args.report_only else time.perf_counter() - t0,
                           " ".join(overrides("fedspine", 0, args.rounds, "<cache>", "<uri>", tuple(args.extra),
                                              "<cost>", args.model, args.scale)[1:]))
     report.write_docs(out)

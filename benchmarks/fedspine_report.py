@@ -147,11 +147,19 @@ def assemble(args, profile: dict, results: dict, seeds: list[int], wall_s: float
     path = DOCS / "fedspine.json"
     existing = json.loads(path.read_text()) if path.exists() else {}
     if profile["rule"] == "v1":
-        out = proxy_summary(args, results, seeds, wall_s, settings)
+        out = proxy_summary(args, results, seeds, existing.get("benchmark_wall_s", 0.0) if wall_s is None else wall_s,
+                            settings)
         out["by_model"] = existing.get("by_model", {})
         return out
     out = dict(existing)
-    out.setdefault("by_model", {})[args.model] = real_summary(args, profile, results, seeds, wall_s, settings)
+    entry = real_summary(args, profile, results, seeds, wall_s, settings)
+    previous = out.setdefault("by_model", {}).get(args.model, {})
+    if previous.get("seeds") == entry["seeds"]:  # the same runs summarised again (--report-only)
+        if previous.get("notes"):
+            entry["notes"] = previous["notes"]  # a reading written for these runs
+        if wall_s is None:
+            entry["benchmark_wall_s"] = previous.get("benchmark_wall_s")
+    out["by_model"][args.model] = entry
     return out
 
 
@@ -328,7 +336,9 @@ def real_lines(r: dict) -> list[str]:
         + (f"; missing runs: {', '.join(r['missing_runs'])}" if r["missing_runs"] else "") + "). "
         f"Trained: {r['trained']}; priced: {r['priced_as']} (`cost=trained`). Clock: {r['clock']}. "
         f"FedSpine settings: conf/per_model/fedspine/ ({', '.join(f'{k} {v}' for k, v in sc['fedspine'].items())}). "
-        f"Client precision {sc['precision']}; wall {r['benchmark_wall_s'] / 60:.1f} min on the 2-core host.",
+        f"Client precision {sc['precision']}; wall "
+        + (f"{r['benchmark_wall_s'] / 60:.1f} min" if r.get("benchmark_wall_s") else "not recorded")
+        + " on the 2-core host.",
         "",
         f"Rule {r['rule']}: every adapter starts at B = 0 (largest |B| at round 0: {r['initial_lora_b_max']:g}) and "
         "the one-shot pruning that scores quality at equal sparsity takes its masks from the dense base's public "
@@ -408,6 +418,8 @@ def real_lines(r: dict) -> list[str]:
                          f"{x['weights_mib']:.1f} | {x['priced_latency_ms']:.2f} | "
                          f"{x['dense_priced']['priced_latency_ms']:.2f} | {x['priced_weights_mib']:.1f} | "
                          f"{x['dense_priced']['priced_weights_mib']:.1f} |")
+    if r.get("notes"):
+        lines += ["", "Notes: " + r["notes"]]
     lines += [""] + [f"![{name}]({name})" for name in r["plots"]] + [""]
     return lines
 
