@@ -31,7 +31,7 @@ def no_overhead() -> list[str]:
 def run(seeds: list[int], cost: str, out: Path) -> None:
     from benchmarks import fedspine
 
-    common = ["--seeds", *map(str, seeds), "--cost", cost]
+    common = ["--model", "tiny-llama", "--seeds", *map(str, seeds), "--cost", cost]  # the proxy, priced as cost
     fedspine.main([*common, "--docs-dir", str(out / "with")])
     fedspine.main([*common, "--docs-dir", str(out / "without"), "--set", *no_overhead()])
 

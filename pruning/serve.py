@@ -61,16 +61,19 @@ def serve(base, adapter: dict[str, np.ndarray], lora_cfg, max_rank: int, *, rank
 
 @torch.no_grad()
 def latency_ms(model, seq_len: int, repeats: int = 20) -> float:
-    """Median wall time of one batch-1 forward pass over ``seq_len`` tokens (host CPU, one thread)."""
+    """Median wall time of one batch-1 forward pass over ``seq_len`` tokens, on the model's device."""
     import time
 
-    x = torch.randint(3, model.config.vocab_size, (1, seq_len))
+    device = next(model.parameters()).device
+    x = torch.randint(3, model.config.vocab_size, (1, seq_len), device=device)
     for _ in range(3):
         model(input_ids=x)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         model(input_ids=x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
     return float(np.median(times) * 1e3)
 
