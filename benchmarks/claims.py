@@ -76,7 +76,10 @@ def fedspine_claims(d: dict) -> list[Claim]:
         Claim("FedSpine's final quality at 50% sparsity no worse than the best baseline's (ppl)",
               "+0.4-4.5 accuracy points at equal sparsity",
               f"{_f(proxy_fs)} vs {_f(d.get('best_baseline_final_ppl'))}" if d else "n/a",
-              f"{_f(ppl_fs)} vs {_f(ppl_best)}" if r else "n/a",
+              (f"{_f(ppl_fs)} vs {_f(ppl_best)}" + (f"; at {r['decision_level']:g} (deployable): "
+                                                      f"{_f(r.get('ppl_at_deploy_fedspine'))} vs "
+                                                      f"{_f(r.get('ppl_at_deploy_best_baseline'))}"
+                                                      if r.get("decision_level") else "")) if r else "n/a",
               None if ppl_fs is None or ppl_best is None else ppl_fs <= ppl_best, cmd, detail),
     ]
 
