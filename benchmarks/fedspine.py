@@ -368,10 +368,25 @@ def parse(argv: list[str] | None):
     return args
 
 
+def scale_of(args) -> dict:
+    """The run's scale, read back from its composed settings."""
+    from runconfig.load import compose
+
+    s = compose(overrides("fedspine", 0, args.rounds, "/tmp/unused-cache", "sqlite:////tmp/unused.db",
+                          tuple(args.extra), args.cost[0], args.model, args.scale))
+    return {"devices": s.fleet.size, "rounds": s.rounds, "cohort": s.federation.cohort_size,
+            "local_steps": s.client.local_steps, "batch_size": s.client.batch_size, "seq_len": s.data.seq_len,
+            "tokens_per_device_round": s.client.local_steps * s.client.batch_size * s.data.seq_len,
+            "eval_windows": s.data.central_eval_windows, "precision": s.client.precision,
+            "fedspine": {k: getattr(s.method.fedspine, k) for k in ("max_ratio", "target_sparsity", "prune_every",
+                                                                     "sparsity_step")}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     from benchmarks import fedspine_report as report
 
     args = parse(argv)
+    args.scale_settings = scale_of(args)  # the report reads it (it does not import this runner)
     if args.docs_dir:
         report.DOCS = Path(args.docs_dir)
     profile = PROFILES[args.model][args.scale]

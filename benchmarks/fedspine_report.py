@@ -191,21 +191,6 @@ def proxy_summary(args, results: dict, seeds: list[int], wall_s: float, settings
     }
 
 
-def scale_of(args) -> dict:
-    """The run's scale, read back from its composed settings."""
-    from benchmarks.fedspine import overrides
-    from runconfig.load import compose
-
-    s = compose(overrides("fedspine", 0, args.rounds, "/tmp/unused-cache", "sqlite:////tmp/unused.db",
-                          tuple(args.extra), args.cost[0], args.model, args.scale))
-    return {"devices": s.fleet.size, "rounds": s.rounds, "cohort": s.federation.cohort_size,
-            "local_steps": s.client.local_steps, "batch_size": s.client.batch_size, "seq_len": s.data.seq_len,
-            "tokens_per_device_round": s.client.local_steps * s.client.batch_size * s.data.seq_len,
-            "eval_windows": s.data.central_eval_windows, "precision": s.client.precision,
-            "fedspine": {k: getattr(s.method.fedspine, k) for k in ("max_ratio", "target_sparsity", "prune_every",
-                                                                     "sparsity_step")}}
-
-
 def real_summary(args, profile: dict, results: dict, seeds: list[int], wall_s: float, settings: str) -> dict:
     """Rule v2 (the real model): headline, per-level tables, per-seed values, round-0 check, per-class models."""
     from benchmarks.fedspine_stats import arms_per_class, summarise_v2
@@ -244,7 +229,7 @@ def real_summary(args, profile: dict, results: dict, seeds: list[int], wall_s: f
         "priced_as": per_seed[done[0]][args.methods[0]]["priced_as"],
         "clock": "analytic (fleet/pricing.py), with the per-step operator overhead term (issue 21)",
         "rule": "v2 (benchmarks/fedspine.py's docstring, committed before the runs)",
-        "scale_name": args.scale, "scale": scale_of(args), "seeds": done, "missing_runs": missing,
+        "scale_name": args.scale, "scale": args.scale_settings, "seeds": done, "missing_runs": missing,
         "decision_level": float(decision), "levels": [float(lv) for lv in levels], "smooth_rounds": args.smooth,
         "speedup_vs_best_baseline": v2["speedup_vs_best_baseline"], "best_baseline": v2["best_baseline"],
         "speedup_per_seed": [{k: r[k] for k in ("seed", "speedup", "best_baseline", "fedspine_reached")}
