@@ -538,12 +538,15 @@ def _real_reading(r: dict) -> list[str]:
     return out
 
 
-SWEEPS = (OUT / "zeroqat_sweep.json", OUT / "zeroqat_trainable_sets" / "zeroqat_sweep.json")
+SWEEPS = (OUT / "zeroqat_sweep.json", OUT / "zeroqat_trainable_sets" / "zeroqat_sweep.json",
+          OUT / "zeroqat_sweep_w4a4" / "zeroqat_sweep.json")
 
 
 def trainable_set_lines(paths: tuple[Path, ...] = SWEEPS) -> list[str]:
-    """Which trainable set moves the real model, from benchmarks.zeroqat_sweep's rows (the lora step sizes and the
-    trainable-set grid: ``--grid qparams:...,qv:... --out docs/benchmarks/zeroqat_trainable_sets``)."""
+    """Which trainable set and step sizes move the real model, from benchmarks.zeroqat_sweep's rows: the lora step
+    sizes at W4A8 (the fleet's), the trainable sets (``--grid qparams:...,qv:... --out
+    docs/benchmarks/zeroqat_trainable_sets``) and the lora step sizes at W4A4 (``zeroqat.quant=W4A4 --out
+    docs/benchmarks/zeroqat_sweep_w4a4``)."""
     from benchmarks.zeroqat_sweep import stable
 
     sweeps = [json.loads(p.read_text()) for p in paths if p.exists()]
@@ -551,22 +554,22 @@ def trainable_set_lines(paths: tuple[Path, ...] = SWEEPS) -> list[str]:
     if not runs:
         return []
     s0 = sweeps[0]
-    lines = [f"## Trainable sets on {s0['model']} (`python -m benchmarks.zeroqat_sweep`)", "",
-             f"Same quantized start per set ({s0['quant']}, group {s0['group_size']}, smoothing + clipping), same "
-             f"batches ({s0['batch']} tokens), held-out perplexity on {s0['eval_windows']} windows; one SPSA step "
-             "= 2 forward passes (q = 1). *stable*: the sweep's rule (finite, never above 1.02x the start, last within "
-             "1% of its best).", "",
-             "| trainable | parameters trained | lr | eps | forwards | start ppl | ppl at the last step | change | stable |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"## Trainable sets and step sizes on {s0['model']} (`python -m benchmarks.zeroqat_sweep`)", "",
+             f"Group {s0['group_size']}, smoothing + clipping; each sweep starts every row from the same quantized "
+             f"model and feeds the same batches ({s0['batch']} tokens); held-out perplexity on {s0['eval_windows']} "
+             "windows; one SPSA step = 2 forward passes (q = 1). *stable*: the sweep's rule (finite, never above 1.02x "
+             "the start, last within 1% of its best).", "",
+             "| quant | trainable | parameters trained | lr | eps | forwards | start ppl | ppl at the last step | change "
+             "| stable |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s, run in runs:
         start = s["ppl_start"][run["trainable"]] if isinstance(s["ppl_start"], dict) else s["ppl_start"]
-        end = run["curve"][-1][1] if run["curve"] else float("nan")
+        end = run["curve"][-1][1] if run["curve"] and run["curve"][-1][1] is not None else float("nan")
         count = s.get("trainable_params", {}).get(run["trainable"], "")
         count = f"{count:,}" if isinstance(count, int) else count
         forwards = 2 * run.get("q", 1) * run["curve"][-1][0] if run["curve"] else 0
         change = "diverged" if not end < 10 * start else f"{(end - start) / start:+.1%}"
-        lines.append(f"| {run['trainable']} | {count} | {run['lr']:g} | {run['eps']:g} | {forwards} | {start} | "
-                     f"{end if end < 10 * start else f'{end:.3g}'} | {change} | {stable(run, start)} |")
+        lines.append(f"| {s['quant']} | {run['trainable']} | {count} | {run['lr']:g} | {run['eps']:g} | {forwards} | "
+                     f"{start} | {end if end < 10 * start else f'{end:.3g}'} | {change} | {stable(run, start)} |")
     return lines + [""]
 
 
