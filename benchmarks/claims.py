@@ -176,8 +176,8 @@ def notes() -> list[str]:
                        "transform moves them off a grid they sit on. The gap is still measured from the named PTQ.")
         zo = _num(z.get(f"ppl_zeroqat_{quant}"))
         if ptq is not None and zo is not None and not zo <= ptq:
-            out.append(f"- {quant.upper()}: ZeroQAT ended above its PTQ start: its step sizes were chosen by "
-                       "benchmarks.zeroqat_sweep at W4A8 only (zeroqat.md).")
+            out.append(f"- {quant.upper()}: ZeroQAT ended above its PTQ start with the fleet's step sizes (chosen at "
+                       "W4A8); zeroqat.md says what a step-size sweep at this width found.")
     inf, bp = _num(z.get("inference_added_mb")), _num(z.get("backprop_added_mb"))
     if inf is not None and bp and inf / bp > 1 / 3:
         out.append(f"- Memory: an inference forward alone adds {inf / bp:.3f} of a backprop-LoRA step's memory at "

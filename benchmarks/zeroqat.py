@@ -528,7 +528,7 @@ def _real_reading(r: dict) -> list[str]:
         if not r[f"ppl_zeroqat_{k}"] <= r[f"ppl_ptq_{k}"]:  # NaN counts as diverged
             out.append(f"- {q}: ZeroQAT ended above its PTQ start ({r[f'ppl_ptq_{k}']} -> {r[f'ppl_zeroqat_{k}']}): the "
                        f"per-model step sizes (lr {z['lr']:g}, eps {z['eps']:g}) were chosen by benchmarks.zeroqat_sweep "
-                       "at W4A8 and diverge on this start; a W4A4 sweep under the same rule is the next step, not run.")
+                       "at W4A8 and diverge on this start. " + _sweep_verdict(q))
     floor = r["inference_added_mb"] / r["backprop_added_mb"]
     if floor > 1 / 3:
         out.append(f"- An inference forward alone adds {floor:.3f} of a backprop-LoRA step's memory at this shape, so no "
@@ -536,6 +536,25 @@ def _real_reading(r: dict) -> list[str]:
                    "vocabulary for every token, and their loss buffers) dominates a LoRA backward that stores little "
                    "more than the activations of one batch.")
     return out
+
+
+def _sweep_verdict(quant: str) -> str:
+    """One sentence on the lora step-size sweep at ``quant`` (the next section's rows), if one ran."""
+    from benchmarks.zeroqat_sweep import stable
+
+    sweeps = [json.loads(p.read_text()) for p in SWEEPS if p.exists()]
+    rows = [(s, run) for s in sweeps if s["quant"] == quant for run in s["runs"] if run["trainable"] == "lora"]
+    if not rows:
+        return f"No lora step-size sweep at {quant} has run."
+    start = rows[0][0]["ppl_start"]["lora"]
+    good = [(run["curve"][-1][1], run) for s, run in rows if stable(run, start)]
+    if not good:
+        return (f"The lora step-size sweep at {quant} (next section: {len(rows)} rows, lr "
+                f"{min(run['lr'] for _, run in rows):g}-{max(run['lr'] for _, run in rows):g}) found no stable row: "
+                "ZeroQAT does not improve this start within that budget.")
+    best, run = min(good, key=lambda g: g[0])
+    return (f"The lora step-size sweep at {quant} (next section) moves it {start} -> {best} at lr {run['lr']:g}, "
+            f"eps {run['eps']:g} in {2 * run.get('q', 1) * run['curve'][-1][0]} forwards.")
 
 
 SWEEPS = (OUT / "zeroqat_sweep.json", OUT / "zeroqat_trainable_sets" / "zeroqat_sweep.json",
