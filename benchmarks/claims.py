@@ -94,8 +94,9 @@ def dp_claims(d: dict) -> list[Claim]:
     return [
         Claim("DP-DyLoRA at epsilon 2 keeps >= 50% of the non-private perplexity gain (N >= 1,000)",
               "< 2% accuracy drop at epsilon 2, 1M clients",
-              f"{_f(proxy_kept, 2)} (N={pn})" if d else "n/a",
-              f"{kept:.2f} (N={n}; accuracy gain kept {_f(acc_kept)})" if kept is not None else
+              f"{proxy_kept:.0%} (N={pn})" if proxy_kept is not None else "n/a",
+              f"{kept:.1%} (N={n}; accuracy gain kept {acc_kept:.1%})" if kept is not None and acc_kept is not None
+              else f"{kept:.1%} (N={n})" if kept is not None else
               ("n/a" if not r else "no gain to keep"),
               None if kept is None or not r else (kept >= 0.5 and (n or 0) >= 1000), cmd, detail),
         Claim("DP-DyLoRA's accuracy >= DP-LoRA's at epsilon 2", "DyLoRA best of the DP-PEFT methods",

@@ -38,4 +38,4 @@ def test_verdicts_follow_the_targets(bench, tmp_path):
 def test_missing_real_model_results_are_not_measured(bench):
     bench("dp", {"ppl_gain_kept_eps2": {"dp_dylora": 0.44}, "population": 1000})
     rows = claims.dp_claims(claims._load("dp"))
-    assert [c.ok for c in rows] == [None, None] and rows[0].proxy == "0.44 (N=1000)"
+    assert [c.ok for c in rows] == [None, None] and rows[0].proxy == "44% (N=1000)"
