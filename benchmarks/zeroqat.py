@@ -360,11 +360,10 @@ def real_quality(s, quant: str, data: dict, log: dict) -> dict:
 
 def real_main(model_name: str, scale: Scale = SCALES["ci"], device: str = "cpu") -> dict:
     """The real-model section (module docstring); keeps the proxy's keys of the existing JSON."""
-    from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
+    from benchmarks.zeroqat_sweep import real_text
+    from models.base_checkpoint import load_base_model
     from models.evaluation import evaluate_lm
     from runconfig.load import compose
-    from server.central_evaluation import global_test_windows
-    from textdata.corpus import windows
     from zeroqat.model import calibration_batches
 
     total = time.perf_counter()
@@ -373,13 +372,9 @@ def real_main(model_name: str, scale: Scale = SCALES["ci"], device: str = "cpu")
     dev = torch.device(device)
     s = compose(["+fleet=80dev", f"model={model_name}"])
     mem = memory_table(model_name, ALLOCATOR_ENV)
-    corpus = load_corpus(s)
-    folder = ensure_base_checkpoint(s, corpus, show_progress=False)
-    pad, seq = corpus.tokenizer.pad_token_id, s.data.seq_len
-    gx, gy = global_test_windows(corpus, seq, scale.eval_windows)
-    public, _ = windows(corpus.public_ids, seq, pad)
-    parts = [windows(corpus.client_train_ids(c), seq, pad) for c in range(corpus.num_clients)]
-    tx, ty = torch.cat([p[0] for p in parts]).to(dev), torch.cat([p[1] for p in parts]).to(dev)
+    text = real_text(s, scale.eval_windows)
+    folder, seq, gx, gy, public = (text[k] for k in ("folder", "seq", "gx", "gy", "public"))
+    tx, ty = text["tx"].to(dev), text["ty"].to(dev)
     rng = np.random.default_rng(0)
     zo_steps = scale.backprop_steps * FORWARDS_PER_BACKPROP * max(scale.zo_multiples) // (2 * s.zeroqat.perturbations)
     idx = [torch.from_numpy(rng.choice(len(tx), scale.batch, replace=False)).to(dev)

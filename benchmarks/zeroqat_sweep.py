@@ -79,6 +79,23 @@ def choose(runs: list[dict], start: float, trainable: str = "lora") -> dict | No
     return min(ties, key=lambda r: (r["lr"], -r["eps"], r["q"]))
 
 
+def real_text(s, eval_windows: int) -> dict:
+    """What both real-model ZeroQAT benchmarks read (this sweep and benchmarks/zeroqat.py): the cached base
+    checkpoint, the held-out windows, the public windows and every client's training windows."""
+    from models.base_checkpoint import ensure_base_checkpoint, load_corpus
+    from server.central_evaluation import global_test_windows
+    from textdata.corpus import windows
+
+    corpus = load_corpus(s)
+    folder = ensure_base_checkpoint(s, corpus, show_progress=False)
+    pad, seq = corpus.tokenizer.pad_token_id, s.data.seq_len
+    gx, gy = global_test_windows(corpus, seq, eval_windows)
+    public, _ = windows(corpus.public_ids, seq, pad)
+    parts = [windows(corpus.client_train_ids(c), seq, pad) for c in range(corpus.num_clients)]
+    return {"folder": folder, "seq": seq, "gx": gx, "gy": gy, "public": public,
+            "tx": torch.cat([p[0] for p in parts]), "ty": torch.cat([p[1] for p in parts])}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60, help="SPSA steps per q=1 row (q rows run steps/q)")
@@ -92,25 +109,18 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
 
     from client.trainers.zeroqat import batch_loss
-    from models.base_checkpoint import ensure_base_checkpoint, load_base_model, load_corpus
+    from models.base_checkpoint import load_base_model
     from models.evaluation import evaluate_lm
-    from runconfig.load import compose
-    from server.central_evaluation import global_test_windows
     from quantization.layers import PackedLinear
-    from textdata.corpus import windows
+    from runconfig.load import compose
     from zeroqat.model import build_quantized, calibration_batches, trainable_tensors
     from zeroqat.spsa import step_seeds, zo_train
 
     torch.set_num_threads(a.threads)
     total = time.perf_counter()
     s = compose(["+fleet=80dev", "model=smollm2-135m", *a.overrides])
-    corpus = load_corpus(s)
-    folder = ensure_base_checkpoint(s, corpus, show_progress=False)
-    pad, seq = corpus.tokenizer.pad_token_id, s.data.seq_len
-    gx, gy = global_test_windows(corpus, seq, a.eval_windows)
-    public, _ = windows(corpus.public_ids, seq, pad)
-    parts = [windows(corpus.client_train_ids(c), seq, pad) for c in range(corpus.num_clients)]
-    tx, ty = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    text = real_text(s, a.eval_windows)
+    folder, seq, gx, gy, public, tx, ty = (text[k] for k in ("folder", "seq", "gx", "gy", "public", "tx", "ty"))
     calib = calibration_batches(public, s.zeroqat.calibration_windows)
 
     def ppl(m) -> float:
