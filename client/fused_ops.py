@@ -144,6 +144,8 @@ class SharedCast:
     def __call__(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if x.dtype == dtype:
             return x
+        if torch.compiler.is_compiling():  # a compiled region casts once by itself (and cannot keep Python state)
+            return x.to(dtype)
         if self._source is not x or self._version != x._version or self._cast.dtype != dtype:
             self._source, self._version, self._cast = x, x._version, x.to(dtype)
         return self._cast

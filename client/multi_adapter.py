@@ -17,6 +17,7 @@ to floating-point reassociation (tests/test_structure.py, tests/test_throughput.
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from torch import nn
 from client.device_detect import attention_for, autocast_dtype
 from client.fused_ops import SharedCast, add_multi_lora, multi_lora_linear, use_frozen_rms_norms
 from models.lora import peft_config
+
+logger = logging.getLogger(__name__)
 
 PEFT_PREFIX = "base_model.model."  # PEFT's adapter keys: this prefix, the module path, .lora_A.weight
 
@@ -158,6 +161,35 @@ def cast_for_autocast(model: nn.Module, linears: list[nn.Module], dtype: torch.d
     attention_for(model, device, dtype)
 
 
+def compile_decoder_layers(model: nn.Module, device: torch.device) -> int:
+    """``torch.compile`` each decoder layer of ``model`` in place (regional compilation: the layers share one
+    compiled graph, so the compile cost is one layer's, not the model's); returns how many (0, with a warning,
+    where this host cannot compile: on a CPU inductor needs a C++ compiler).
+
+    What it buys on a CPU is fusion: the casts, rotary embedding, norms, activation and fake quantization between
+    the GEMMs become a few generated loops instead of one pass over the activations each. What it costs is a
+    one-off compile per process and mode (training, no-grad) and one more when the batch's device count first
+    changes (docs/benchmarks/step_anatomy.md). Shapes are static (``dynamic=False``): inductor's dynamic-shape code
+    for these layers ran ~6x slower on a CPU than eager, and its compile took minutes."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if device.type == "cpu":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.exc import InvalidCxxCompiler
+
+        try:
+            get_cpp_compiler()
+        except InvalidCxxCompiler:
+            logger.warning("simulation.compile=true needs a C++ compiler for torch.compile on a CPU (g++, or set "
+                           "CXX); none found, so the batched models run uncompiled")
+            return 0
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile(dynamic=False)
+    return len(layers)
+
+
 def dense_multi_lora(runtime, rank: int) -> MultiLoraModel:
     """The runtime's multi-adapter copy of its dense base, for backprop LoRA at ``rank`` (built once)."""
     s = runtime.settings
@@ -171,6 +203,8 @@ def dense_multi_lora(runtime, rank: int) -> MultiLoraModel:
         if dtype is not None:
             frozen = [layer.base for layer in holder.layers.values()] + [holder.model.get_output_embeddings()]
             cast_for_autocast(holder.model, frozen, dtype, runtime.device)
+        if s.simulation.compile:
+            compile_decoder_layers(holder.model, runtime.device)
         return holder
 
     return runtime.cached_model("multi_lora", (rank, scaling), build)
@@ -189,6 +223,8 @@ def quantized_multi_lora(runtime, quantized: nn.Module, rank: int) -> MultiLoraM
                 layer.base.hold_dequantized(dtype)
         if dtype is not None:
             cast_for_autocast(holder.model, [holder.model.get_output_embeddings()], dtype, runtime.device)
+        if runtime.settings.simulation.compile:
+            compile_decoder_layers(holder.model, runtime.device)
         return holder
 
     return runtime.cached_model("multi_lora_quantized", rank, build)

@@ -155,6 +155,9 @@ def _validate_simulation(s: Settings) -> None:
                  "batched adapters apply no LoRA dropout",
                  "method.lora.dropout=0.0, or simulation.cohort_batching=false")
         _require(sim.max_batched_devices >= 2, "simulation.max_batched_devices", "must be >= 2", "e.g. 64")
+    _require(not sim.compile or sim.cohort_batching, "simulation.compile",
+             "compiles the batched models, which only simulation.cohort_batching=true builds",
+             "simulation=fast simulation.compile=true")
 
 
 def _looks_local(path: str) -> bool:

@@ -215,6 +215,9 @@ class SimulationConfig:
     max_batched_devices: int = 64  # devices per batched step (memory: ~ this x batch_size x seq_len x vocab)
     workers: int = 1  # inprocess only: worker processes a round's messages are dealt out to (cores / workers threads each)
     reuse_freed_memory: bool = False  # keep freed tensor memory in each process (glibc malloc; simulations/host_allocator.py)
+    # cohort_batching only: torch.compile each decoder layer of the batched models (client/multi_adapter.py); fuses
+    # the element-wise work between GEMMs, at a one-off compile cost per process (docs/benchmarks/step_anatomy.md)
+    compile: bool = False
     num_cpus_per_client: float = 1.0
     num_gpus_per_client: float = 0.0
     ray_address: Optional[str] = None

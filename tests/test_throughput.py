@@ -81,6 +81,7 @@ def test_cohort_batching_gives_the_plain_paths_adapters(fast_overrides, tmp_path
      "no LoRA dropout"),
     (["simulation.backend=grpc"], "simulation.backend"),
     (["simulation.backend=inprocess", "simulation.ray_address=head:6379"], "starts no Ray"),
+    (["simulation.backend=inprocess", "simulation.compile=true"], "only simulation.cohort_batching=true builds"),
 ])
 def test_fast_path_config_is_validated(extra, message):
     with pytest.raises(ConfigError, match=message):
@@ -172,13 +173,22 @@ def test_autocast_sees_every_update_of_the_adapter():
     assert not torch.equal(first, second)
 
 
+@pytest.mark.parametrize("block_rows", [None, 7])
 @pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
-def test_token_cross_entropy_matches_torch(dtype_name):
+def test_token_cross_entropy_matches_torch(dtype_name, block_rows, monkeypatch):
     """The row-block cross-entropy gives F.cross_entropy's per-token losses and logits gradient (fp32 math;
-    in bf16 the gradient is rounded to bf16 as autograd's is), ignored rows included."""
+    in bf16 the gradient is rounded to bf16 as autograd's is), ignored rows included; with the blocks a small
+    vocabulary gets (128 rows) and with the few-row blocks a large one gets (a block sized to the cache)."""
     import torch
 
+    from models import loss
     from models.loss import token_cross_entropy
+
+    if block_rows is None:
+        assert loss.ce_block_rows(97) == loss.CE_MAX_ROWS and loss.ce_block_rows(49152) == 5  # SmolLM2's: 983 KB
+    else:
+        monkeypatch.setattr(loss, "CE_BLOCK_BYTES", 4 * 97 * block_rows)
+        assert loss.ce_block_rows(97) == block_rows
 
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator().manual_seed(0)
