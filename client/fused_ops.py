@@ -79,14 +79,15 @@ def use_frozen_rms_norms(model: nn.Module) -> int:
 
 def add_multi_lora(out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
                    scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``out + s * B_k (A_k x)`` for K equal contiguous groups of rows, in one pass over ``out`` (no separate
-    scale and add passes); also returns the [K, T, r] ``A_k x``. Operands meet in ``x``'s, then ``out``'s dtype
+    """``out += s * B_k (A_k x)`` for K equal contiguous groups of rows, in one pass over ``out`` (no separate
+    scale and add passes, no copy); also returns the [K, T, r] ``A_k x``. ``out`` must be contiguous. Operands meet in ``x``'s, then ``out``'s dtype
     (what autocast casts them to anyway; without autocast: a base held in bf16 next to fp32 adapters)."""
     k = lora_a.shape[0]
     down = torch.bmm(x.reshape(k, -1, x.shape[-1]), lora_a.to(x.dtype).transpose(1, 2))
-    added = torch.baddbmm(out.reshape(k, -1, out.shape[-1]), down.to(out.dtype),
-                          lora_b.to(out.dtype).transpose(1, 2), alpha=scaling)
-    return added.reshape(out.shape), down
+    # in place: ``out`` is a fresh product no backward needs (an out-of-place baddbmm first copies all of it)
+    out.reshape(k, -1, out.shape[-1]).baddbmm_(down.to(out.dtype), lora_b.to(out.dtype).transpose(1, 2),
+                                              alpha=scaling)
+    return out, down
 
 
 class _MultiLoraLinear(torch.autograd.Function):
@@ -119,8 +120,9 @@ class _MultiLoraLinear(torch.autograd.Function):
         grad_a = torch.bmm(g_down.transpose(1, 2), xk).to(ctx.adapter_dtypes[0])  # [K, r, in]
         grad_x = None
         if ctx.needs_input_grad[0]:
-            base = torch.mm(gk.reshape(-1, gk.shape[-1]), w).reshape(k, -1, w.shape[1])
-            grad_x = torch.baddbmm(base, g_down, a).reshape(x.shape)
+            grad_x = torch.mm(gk.reshape(-1, gk.shape[-1]), w)
+            grad_x.view(k, -1, w.shape[1]).baddbmm_(g_down, a)
+            grad_x = grad_x.view(x.shape)
         return grad_x, None, None, grad_a, grad_b, None
 
 
