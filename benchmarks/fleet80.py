@@ -118,6 +118,9 @@ def write(result: dict) -> None:
         "|---|---|---|",
         *[f"| {a} | {b} | {c} |" for a, b, c in rows],
         "",
+        "What bounds the MFU (the GEMMs' own rate at these shapes, and the share of a call the rest takes, eager "
+        "and with `simulation.compile=true`): `python -m benchmarks.step_anatomy`, [step_anatomy.md](step_anatomy.md).",
+        "",
         "![global perplexity per round](fleet80.png)",
         "",
     ]

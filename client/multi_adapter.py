@@ -29,7 +29,8 @@ from models.lora import peft_config
 
 logger = logging.getLogger(__name__)
 
-PEFT_PREFIX = "base_model.model."  # PEFT's adapter keys: this prefix, the module path, .lora_A.weight
+PEFT_PREFIX = "base_model.model."
+COMPILED_VARIANTS = 64  # compiled variants of a decoder layer kept per process (compile_decoder_layers)  # PEFT's adapter keys: this prefix, the module path, .lora_A.weight
 
 
 class MultiLoraLinear(nn.Module):
@@ -187,6 +188,10 @@ def compile_decoder_layers(model: nn.Module, device: torch.device) -> int:
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:
         layer.compile(dynamic=False)
+    # Every decoder layer class shares one code object, hence one limit on its compiled variants: (device count K)
+    # x (first layer / later layers: input without / with gradient) x (training / no-grad / the quantized model).
+    # Past torch's default of 8 the rest would run eager, silently; this worker process compiles them all.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_VARIANTS)
     return len(layers)
 
 

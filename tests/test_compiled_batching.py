@@ -79,7 +79,7 @@ def test_without_a_cpp_compiler_the_layers_run_uncompiled_with_a_warning(monkeyp
     from torch._inductor.cpp_builder import cpp_compiler_search
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from client.multi_adapter import compile_decoder_layers
+    from client.multi_adapter import COMPILED_VARIANTS, compile_decoder_layers
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=1))
@@ -95,3 +95,4 @@ def test_without_a_cpp_compiler_the_layers_run_uncompiled_with_a_warning(monkeyp
     assert all(layer._compiled_call_impl is None for layer in model.model.layers)
     assert compile_decoder_layers(model, torch.device("cpu")) == 2  # with g++ found again: every decoder layer
     assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
+    assert torch._dynamo.config.recompile_limit >= COMPILED_VARIANTS  # no variant silently left eager
