@@ -80,8 +80,9 @@ def use_frozen_rms_norms(model: nn.Module) -> int:
 def add_multi_lora(out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
                    scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``out += s * B_k (A_k x)`` for K equal contiguous groups of rows, in one pass over ``out`` (no separate
-    scale and add passes, no copy); also returns the [K, T, r] ``A_k x``. ``out`` must be contiguous. Operands meet in ``x``'s, then ``out``'s dtype
-    (what autocast casts them to anyway; without autocast: a base held in bf16 next to fp32 adapters)."""
+    scale and add passes, no copy); also returns the [K, T, r] ``A_k x``. ``out`` must be contiguous. Operands
+    meet in ``x``'s, then ``out``'s dtype (what autocast casts them to anyway; without autocast: a base held in
+    bf16 next to fp32 adapters)."""
     k = lora_a.shape[0]
     down = torch.bmm(x.reshape(k, -1, x.shape[-1]), lora_a.to(x.dtype).transpose(1, 2))
     # in place: ``out`` is a fresh product no backward needs (an out-of-place baddbmm first copies all of it)

@@ -29,8 +29,8 @@ from models.lora import peft_config
 
 logger = logging.getLogger(__name__)
 
-PEFT_PREFIX = "base_model.model."
-COMPILED_VARIANTS = 64  # compiled variants of a decoder layer kept per process (compile_decoder_layers)  # PEFT's adapter keys: this prefix, the module path, .lora_A.weight
+PEFT_PREFIX = "base_model.model."  # PEFT's adapter keys: this prefix, the module path, .lora_A.weight
+COMPILED_VARIANTS = 64  # compiled variants of a decoder layer kept per process (compile_decoder_layers)
 
 
 class MultiLoraLinear(nn.Module):
