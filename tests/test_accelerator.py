@@ -181,14 +181,14 @@ class FakeRuntime:
     def __init__(self, base, device: str, precision: str = "fp32", data: list | None = None) -> None:
         from types import SimpleNamespace
 
-        from runconfig.schema import ZeroQATConfig
+        from runconfig.schema import SimulationConfig, ZeroQATConfig
 
         self.base = base
         self.device = torch.device(device)
         self.settings = SimpleNamespace(
             seed=0, client=SimpleNamespace(precision=precision),
             method=SimpleNamespace(lora=lora_cfg(), fedspine=None),
-            zeroqat=ZeroQATConfig(lr=1e-3, eps=1e-2, seed_upload=True))
+            zeroqat=ZeroQATConfig(lr=1e-3, eps=1e-2, seed_upload=True), simulation=SimulationConfig())
         self.data = data or [windows(8, seed=i) for i in range(2)]
         self._models = {}
 
