@@ -85,8 +85,9 @@ def add_multi_lora(out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lor
     bf16 next to fp32 adapters)."""
     k = lora_a.shape[0]
     down = torch.bmm(x.reshape(k, -1, x.shape[-1]), lora_a.to(x.dtype).transpose(1, 2))
-    # in place: ``out`` is a fresh product no backward needs (an out-of-place baddbmm first copies all of it)
-    out.reshape(k, -1, out.shape[-1]).baddbmm_(down.to(out.dtype), lora_b.to(out.dtype).transpose(1, 2),
+    # in place: ``out`` is a fresh product no backward needs (an out-of-place baddbmm first copies all of it);
+    # ``view``, not ``reshape``: a copy of a non-contiguous ``out`` would take the update and be dropped
+    out.view(k, -1, out.shape[-1]).baddbmm_(down.to(out.dtype), lora_b.to(out.dtype).transpose(1, 2),
                                               alpha=scaling)
     return out, down
 

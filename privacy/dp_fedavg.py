@@ -36,7 +36,6 @@ from strategies.privacy_layer import PrivacyLayer
 logger = logging.getLogger(__name__)
 
 
-
 class UserLevelDP(PrivacyLayer):
     """The DP layer of one strategy (``with_user_dp`` builds it and puts it on)."""
 

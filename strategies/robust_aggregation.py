@@ -22,6 +22,7 @@ from runconfig.choices import AggregationRule
 from runconfig.schema import AggregationConfig
 from strategies.aggregation import weighted_mean
 
+
 def krum_select(deltas: list[dict[str, np.ndarray]], num_malicious: int, num_to_select: int) -> list[int]:
     """Indices of the deltas (Multi-)Krum keeps, best first."""
     contents = [RecordDict({ARRAYS: to_array_record(d)}) for d in deltas]
