@@ -162,10 +162,27 @@ def cast_for_autocast(model: nn.Module, linears: list[nn.Module], dtype: torch.d
     attention_for(model, device, dtype)
 
 
+def compiler_missing(device: torch.device) -> str | None:
+    """What torch.compile's inductor lacks here to generate code for ``device``, or None: a C++ compiler on a CPU,
+    Triton on a GPU (JetPack's torch builds, for one, ship without it)."""
+    if device.type == "cpu":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.exc import InvalidCxxCompiler
+
+        try:
+            get_cpp_compiler()
+        except InvalidCxxCompiler:
+            return "a C++ compiler (g++, or set CXX)"
+        return None
+    from torch.utils._triton import has_triton
+
+    return None if has_triton() else "Triton"
+
+
 def compile_decoder_layers(model: nn.Module, device: torch.device) -> int:
     """``torch.compile`` each decoder layer of ``model`` in place (regional compilation: the layers share one
     compiled graph, so the compile cost is one layer's, not the model's); returns how many (0, with a warning,
-    where this host cannot compile: on a CPU inductor needs a C++ compiler).
+    where this host cannot compile: :func:`compiler_missing`).
 
     What it buys on a CPU is fusion: the casts, rotary embedding, norms, activation and fake quantization between
     the GEMMs become a few generated loops instead of one pass over the activations each. What it costs is a
@@ -174,16 +191,11 @@ def compile_decoder_layers(model: nn.Module, device: torch.device) -> int:
     for these layers ran ~6x slower on a CPU than eager, and its compile took minutes."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    if device.type == "cpu":
-        from torch._inductor.cpp_builder import get_cpp_compiler
-        from torch._inductor.exc import InvalidCxxCompiler
-
-        try:
-            get_cpp_compiler()
-        except InvalidCxxCompiler:
-            logger.warning("simulation.compile=true needs a C++ compiler for torch.compile on a CPU (g++, or set "
-                           "CXX); none found, so the batched models run uncompiled")
-            return 0
+    missing = compiler_missing(device)
+    if missing:
+        logger.warning("simulation.compile=true needs %s for torch.compile on this device; none found, so the "
+                       "batched models run uncompiled", missing)
+        return 0
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:

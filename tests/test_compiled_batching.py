@@ -96,3 +96,15 @@ def test_without_a_cpp_compiler_the_layers_run_uncompiled_with_a_warning(monkeyp
     assert compile_decoder_layers(model, torch.device("cpu")) == 2  # with g++ found again: every decoder layer
     assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
     assert torch._dynamo.config.recompile_limit >= COMPILED_VARIANTS  # no variant silently left eager
+
+
+def test_on_a_gpu_without_triton_the_layers_run_uncompiled(monkeypatch):
+    import torch
+    import torch.utils._triton as triton
+
+    from client.multi_adapter import compiler_missing
+
+    monkeypatch.setattr(triton, "has_triton", lambda: False)
+    assert compiler_missing(torch.device("cuda")) == "Triton"
+    monkeypatch.setattr(triton, "has_triton", lambda: True)
+    assert compiler_missing(torch.device("cuda")) is None
